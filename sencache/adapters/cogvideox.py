@@ -1,0 +1,9 @@
+"""CogVideoX (``CogVideoXTransformer3DModel``): blocks update both streams; batched CFG; the last step forced."""
+
+from sencache.adapters import Adapter, register
+
+
+@register
+def cogvideox() -> Adapter:
+    return Adapter(model_class="CogVideoXTransformer3DModel", blocks="transformer_blocks", blocks_update_encoder=True,
+                   batched_cfg=True, force_last_steps=1)

@@ -1,0 +1,9 @@
+"""Wan 2.1 (``WanTransformer3DModel``): blocks in ``blocks`` return hidden states only; CFG as two calls."""
+
+from sencache.adapters import Adapter, register
+
+
+@register
+def wan() -> Adapter:
+    return Adapter(model_class="WanTransformer3DModel", blocks="blocks", blocks_update_encoder=False,
+                   batched_cfg=False, force_last_steps=0)

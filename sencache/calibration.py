@@ -1,0 +1,239 @@
+"""``calibrate``: measure Jx(t) and Jt(t) by finite differences along the pipeline's own sampling trajectories.
+
+For each step ``k`` of a real sampling run (the pipeline's scheduler, guidance and conditions), on the
+conditional branch, per sample, with L2 norms over the whole output::
+
+    Jx(t_k) = ||f(x_{k+1}, t_k) - f(x_k, t_k)|| / ||x_{k+1} - x_k||      (x_{k+1}: the solver's next latent)
+    Jt(t_k) = ||f(x_k, t_{k+1}) - f(x_k, t_k)|| / |t_{k+1} - t_k|        (t_{k-1} instead at the last step)
+
+then the mean over samples. This costs two extra transformer evaluations per step and sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+from tqdm.auto import tqdm
+
+from sencache.adapters import Adapter, get_adapter
+from sencache.hooks import _arg_position, _context_of, _get_arg, _hook
+from sencache.profile import SensitivityProfile, describe_components
+
+_CALIBRATION_HOOK = "sencache_calibration"
+_RESERVED = ("callback_on_step_end", "callback_on_step_end_tensor_inputs", "generator", "num_inference_steps",
+             "output_type")
+
+
+def _output_tensor(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out.sample
+
+
+def _per_sample_norm(a: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(a.double().reshape(a.shape[0], -1), dim=1)
+
+
+def _replace(args: tuple, kwargs: dict, name: str, pos: int | None, value: Any) -> tuple[tuple, dict]:
+    if name in kwargs or pos is None or pos >= len(args):
+        return args, {**kwargs, name: value}
+    return args[:pos] + (value,) + args[pos + 1:], kwargs
+
+
+class _Unused(BaseState):
+    def reset(self) -> None:
+        pass
+
+
+class _CalibrationHook(ModelHook):
+    """Records f(x_k, t_k) on the deciding context and evaluates the finite differences around it."""
+
+    _is_stateful = True  # so that diffusers hands it the cache context
+
+    def __init__(self, adapter: Adapter, pipe: Any) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.pipe = pipe
+        self.state_manager = StateManager(_Unused)
+        self.jx: list[torch.Tensor] = []
+        self.jt: list[torch.Tensor] = []
+        self.timesteps: list[float] = []
+        self.begin_run()
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        fwd = type(module).forward
+        self._latent_pos = _arg_position(fwd, self.adapter.latent_arg)
+        self._timestep_pos = _arg_position(fwd, self.adapter.timestep_arg)
+        return module
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state_manager.reset()
+        return module
+
+    def begin_run(self) -> None:
+        self.leader: str | None = None
+        self.prev: tuple | None = None
+        self.schedule: list[float] | None = None
+        self.step = -1
+        self.run_jx: list[torch.Tensor] = []
+        self.run_jt: list[torch.Tensor] = []
+
+    def _cond(self, y: torch.Tensor) -> torch.Tensor:
+        """The conditional branch of a transformer input or output (the second half under batched CFG)."""
+        if self.adapter.batched_cfg and getattr(self.pipe, "do_classifier_free_guidance", False):
+            return y[y.shape[0] // 2:]
+        return y
+
+    def _eval(self, args: tuple, kwargs: dict, latent: torch.Tensor | None = None, t: torch.Tensor | None = None):
+        if latent is not None:
+            args, kwargs = _replace(args, kwargs, self.adapter.latent_arg, self._latent_pos, latent)
+        if t is not None:
+            args, kwargs = _replace(args, kwargs, self.adapter.timestep_arg, self._timestep_pos, t)
+        return self._cond(_output_tensor(self.fn_ref.original_forward(*args, **kwargs)))
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        ctx = _context_of(self.state_manager)
+        name = ctx[0] if ctx is not None else "default"
+        if self.leader is None:
+            self.leader = name
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        if name != self.leader:
+            return out
+        self.step += 1
+        if self.schedule is None:
+            self.schedule = [float(v) for v in self.pipe.scheduler.timesteps]
+        k, ts = self.step, self.schedule
+        x = _get_arg(args, kwargs, self.adapter.latent_arg, self._latent_pos)
+        t = _get_arg(args, kwargs, self.adapter.timestep_arg, self._timestep_pos)
+        f = self._cond(_output_tensor(out)).detach().clone()
+        k_other = k + 1 if k + 1 < len(ts) else k - 1
+        if k_other < 0:
+            raise ValueError("calibration needs at least 2 inference steps")
+        f_t = self._eval(args, kwargs, t=torch.full_like(t, ts[k_other]))
+        self.run_jt.append(_per_sample_norm(f_t - f) / abs(ts[k_other] - ts[k]))
+        self.prev = (args, kwargs, t, x, f)
+        return out
+
+    def on_step_end(self, latents: torch.Tensor) -> None:
+        """Jx of the step just taken: the next latent ``x_{k+1}`` evaluated at the same ``t_k``."""
+        args, kwargs, t, x, f = self.prev
+        x_next = latents
+        if x_next.shape[0] != x.shape[0]:  # batched CFG doubles the latent
+            x_next = torch.cat([x_next] * (x.shape[0] // x_next.shape[0]))
+        x_next = x_next.to(x.dtype)
+        f_x = self._eval(args, kwargs, latent=x_next)
+        dx = _per_sample_norm(self._cond(x_next) - self._cond(x)).clamp_min(1e-30)
+        self.run_jx.append(_per_sample_norm(f_x - f) / dx)
+
+    def end_run(self) -> None:
+        if len(self.run_jx) != len(self.schedule) or len(self.run_jt) != len(self.schedule):
+            raise RuntimeError(f"calibration saw {len(self.run_jt)} transformer calls for a schedule of "
+                               f"{len(self.schedule)} steps; the pipeline may not be supported")
+        if self.timesteps and self.timesteps != self.schedule:
+            raise ValueError("calibration runs used different schedules; use the same pipeline arguments for all")
+        self.timesteps = self.schedule
+        self.jx.append(torch.stack(self.run_jx, dim=1).cpu())  # [samples of this run, steps]
+        self.jt.append(torch.stack(self.run_jt, dim=1).cpu())
+
+
+def calibrate(
+    pipe: Any,
+    prompts: Sequence[str] | None = None,
+    *,
+    conditions: Sequence[dict] | None = None,
+    num_samples: int = 8,
+    seeds: Sequence[int] | None = None,
+    num_inference_steps: int = 50,
+    progress: bool = True,
+    **pipe_kwargs: Any,
+) -> SensitivityProfile:
+    """Calibrate the sensitivities of ``pipe``'s transformer along its own sampling trajectories.
+
+    Args:
+        pipe: a Wan, CogVideoX or LTX-Video diffusers pipeline (SenCache must not be applied while calibrating).
+        prompts: text prompts, cycled over the samples (needs the pipeline's text encoder).
+        conditions: alternatively, one dict of pipeline arguments per condition (e.g. ``prompt_embeds`` and
+            ``negative_prompt_embeds``), cycled over the samples.
+        num_samples: number of sampling runs (the paper finds 8 enough).
+        seeds: one seed per sample (default ``0 .. num_samples - 1``).
+        num_inference_steps: steps of the schedule to calibrate (the profile serves other step counts too).
+        progress: show a progress bar.
+        **pipe_kwargs: further pipeline arguments shared by all samples (height, width, num_frames,
+            guidance_scale, ...). With neither ``prompts`` nor ``conditions`` they must hold the condition.
+
+    Returns:
+        The ``SensitivityProfile`` with per-sample values in ``jx_samples`` / ``jt_samples``.
+    """
+    transformer = getattr(pipe, "transformer", None)
+    if not isinstance(transformer, torch.nn.Module):
+        raise ValueError(f"calibrate needs a diffusers pipeline with a transformer, got {type(pipe).__name__}")
+    adapter = get_adapter(transformer)
+    if _hook(transformer) is not None:
+        raise ValueError("SenCache is applied to this pipeline; call sencache.remove_sencache(pipe) before calibrating")
+    if getattr(transformer, "_cache_config", None) is not None:
+        raise ValueError("a diffusers cache is enabled on the transformer; call transformer.disable_cache() first")
+    bad = [k for k in _RESERVED if k in pipe_kwargs]
+    if bad:
+        raise ValueError(f"calibrate sets {bad} itself; pass seeds=... and num_inference_steps=... instead")
+    if num_samples < 1 or num_inference_steps < 2:
+        raise ValueError("calibrate needs num_samples >= 1 and num_inference_steps >= 2")
+    if prompts is not None and conditions is not None:
+        raise ValueError("give either prompts or conditions, not both")
+    if prompts is not None:
+        conditions = [{"prompt": p} for p in prompts]
+    elif conditions is None:
+        if not any(k in pipe_kwargs for k in ("prompt", "prompt_embeds")):
+            raise ValueError("calibrate needs conditions: prompts=[...], conditions=[{...}], or prompt/prompt_embeds")
+        conditions = [{}]
+    if len(conditions) == 0:
+        raise ValueError("conditions must not be empty")
+    seeds = list(range(num_samples)) if seeds is None else list(seeds)
+    if len(seeds) != num_samples:
+        raise ValueError(f"got {len(seeds)} seeds for num_samples={num_samples}")
+
+    hook = _CalibrationHook(adapter, pipe)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.register_hook(hook, _CALIBRATION_HOOK)
+    old_bar = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(disable=True)
+    bar = tqdm(total=num_samples * num_inference_steps, desc="SenCache calibration", disable=not progress)
+    device = getattr(pipe, "_execution_device", None) or next(transformer.parameters()).device
+
+    def on_step_end(_pipe: Any, _i: int, _t: Any, tensors: dict) -> dict:
+        hook.on_step_end(tensors["latents"])
+        bar.update(1)
+        return {}
+
+    try:
+        with torch.no_grad():
+            for i, seed in enumerate(seeds):
+                hook.begin_run()
+                generator = torch.Generator(device=device).manual_seed(int(seed))
+                pipe(**{**pipe_kwargs, **conditions[i % len(conditions)]}, num_inference_steps=num_inference_steps,
+                     generator=generator, output_type="latent", callback_on_step_end=on_step_end)
+                hook.end_run()
+    finally:
+        bar.close()
+        registry.remove_hook(_CALIBRATION_HOOK, recurse=False)
+        pipe._progress_bar_config = old_bar
+
+    jx_samples, jt_samples = torch.cat(hook.jx), torch.cat(hook.jt)
+    metadata = {
+        **describe_components(transformer, getattr(pipe, "scheduler", None)),
+        "pipeline_class": type(pipe).__name__,
+        "num_inference_steps": len(hook.timesteps),
+        "num_samples": int(jx_samples.shape[0]),
+        "seeds": seeds,
+        "dtype": str(next(transformer.parameters()).dtype).replace("torch.", ""),
+        "guidance_scale": pipe_kwargs.get("guidance_scale"),
+        "sencache_version": _version(),
+    }
+    return SensitivityProfile(timesteps=torch.tensor(hook.timesteps), jx=jx_samples.mean(0), jt=jt_samples.mean(0),
+                              metadata=metadata, jx_samples=jx_samples, jt_samples=jt_samples)
+
+
+def _version() -> str:
+    from sencache import __version__
+
+    return __version__

@@ -1,0 +1,83 @@
+"""Per-call statistics: which steps were computed, the per-sample scores and thresholds, the NFE."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class CallStats:
+    """What SenCache did during one pipeline call.
+
+    Attributes:
+        num_steps: steps of the schedule.
+        timesteps: timestep of each recorded step (sample 0).
+        computed: per step, whether the block stack ran (the batch decision).
+        forced: per step, whether the step was computed by rule (first/last steps).
+        thresholds: per step, ``tolerance * sqrt(numel per sample)`` the scores were compared with.
+        scores: per step, the per-sample sensitivity scores ``[step][sample]`` (NaN where non-finite).
+        block_stack_calls: block-stack evaluations over all contexts (e.g. cond and uncond).
+    """
+
+    num_steps: int
+    timesteps: list[float] = field(default_factory=list)
+    computed: list[bool] = field(default_factory=list)
+    forced: list[bool] = field(default_factory=list)
+    thresholds: list[float] = field(default_factory=list)
+    scores: list[list[float]] = field(default_factory=list)
+    block_stack_calls: int = 0
+
+    @property
+    def nfe(self) -> int:
+        """Computed steps (evaluations of the block stack per context)."""
+        return sum(self.computed)
+
+    @property
+    def skipped(self) -> int:
+        """Skipped steps."""
+        return len(self.computed) - self.nfe
+
+    @property
+    def wants_compute(self) -> list[list[bool]]:
+        """Per step and sample, whether that sample's score alone asked for a computed step."""
+        return [[not (math.isfinite(s) and s <= thr) for s in row] for row, thr in zip(self.scores, self.thresholds)]
+
+    def timeline(self) -> str:
+        """One character per step: ``F`` forced, ``C`` computed by score, ``.`` skipped."""
+        return "".join("F" if f else ("C" if c else ".") for c, f in zip(self.computed, self.forced))
+
+    def __str__(self) -> str:
+        n = len(self.computed)
+        return (f"SenCache: {self.nfe}/{n} steps computed ({self.skipped} skipped, "
+                f"{100.0 * self.skipped / max(n, 1):.0f}% saved)  {self.timeline()}")
+
+
+class StatsRecorder:
+    """Collects one call's per-step records on the device; ``materialize`` reads them back once, off the hot path."""
+
+    def __init__(self, num_steps: int) -> None:
+        self.num_steps = num_steps
+        self.block_stack_calls = 0
+        self._steps: list[tuple[torch.Tensor, torch.Tensor, float, bool, bool]] = []
+
+    def record(self, t: torch.Tensor, score: torch.Tensor, threshold: float, forced: bool, computed: bool) -> None:
+        """Keep copies of this step's timestep and scores (device tensors, no sync)."""
+        self._steps.append((t[:1].clone(), score.clone(), threshold, forced, computed))
+
+    def materialize(self) -> CallStats:
+        """The call's statistics as plain Python values (one device-to-host copy)."""
+        stats = CallStats(num_steps=self.num_steps, block_stack_calls=self.block_stack_calls)
+        if not self._steps:
+            return stats
+        ts = torch.cat([s[0] for s in self._steps]).double().cpu().tolist()
+        scores = torch.stack([s[1] for s in self._steps]).double().cpu()
+        scores = torch.nan_to_num(scores, nan=float("nan"), posinf=float("nan"), neginf=float("nan")).tolist()
+        stats.timesteps = ts
+        stats.scores = scores
+        stats.thresholds = [s[2] for s in self._steps]
+        stats.forced = [s[3] for s in self._steps]
+        stats.computed = [s[4] for s in self._steps]
+        return stats

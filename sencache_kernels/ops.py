@@ -1,0 +1,132 @@
+"""The one place where the ``sencache::`` ops are registered with ``torch.library``.
+
+The compiled extension (``sencache_kernels._C``) defines the schemas with ``TORCH_LIBRARY(sencache, ...)`` and
+provides CPU and Meta kernels. Without it (no compiler, or ``SENCACHE_DISABLE_EXTENSION=1``), the same schemas are
+defined here with the pure-torch references as kernels and fake implementations for tracing, after one warning.
+Either way the ops are ``torch.ops.sencache.delta_norm`` and ``torch.ops.sencache.decide``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from sencache_kernels.decide import decide_ref
+from sencache_kernels.delta_norm import delta_norm_ref
+
+# Must stay identical to the schemas in csrc/sencache/ops.cpp (tests/test_ops.py compares them).
+SCHEMAS = {
+    "delta_norm": "delta_norm(Tensor x, Tensor x_ref) -> Tensor",
+    "decide": (
+        "decide(Tensor x, Tensor t, Tensor jx_now, Tensor jt_now, Tensor eps, Tensor force, Tensor(a!) x_ref, "
+        "Tensor(b!) t_ref, Tensor(c!) jx_ref, Tensor(d!) jt_ref, Tensor(e!) skips, Tensor(f!) flag, "
+        "Tensor(g!) score, int max_skips) -> ()"
+    ),
+}
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _load_extension() -> bool:
+    if os.environ.get("SENCACHE_DISABLE_EXTENSION", "0") == "1":
+        return False
+    try:
+        import sencache_kernels._C  # noqa: F401  (loading it registers TORCH_LIBRARY(sencache))
+    except ImportError as exc:
+        warnings.warn(
+            f"sencache_kernels: the compiled extension is not available ({exc}); using the pure-torch reference "
+            "ops. Build it with `pip install --no-build-isolation -e .` in the repository.",
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+HAS_EXTENSION = _load_extension()
+
+
+def check_delta_norm_args(x: torch.Tensor, x_ref: torch.Tensor) -> None:
+    """Raise ValueError when ``x`` and ``x_ref`` cannot be compared (same checks as the C++ op)."""
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"sencache: x must have a batch dimension of size >= 1, got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"sencache: x must be a floating-point latent (float32/16, bfloat16, float64), got {x.dtype}")
+    if x_ref.shape != x.shape or x_ref.dtype != x.dtype or x_ref.device != x.device:
+        raise ValueError(
+            f"sencache: x_ref must match x in shape, dtype and device; got x {tuple(x.shape)} {x.dtype} {x.device} "
+            f"and x_ref {tuple(x_ref.shape)} {x_ref.dtype} {x_ref.device}. Reset the state when the latent changes."
+        )
+
+
+def check_decide_args(x, t, jx_now, jt_now, eps, force, x_ref, t_ref, jx_ref, jt_ref, skips, flag, score, max_skips):
+    """Raise ValueError for arguments of ``decide`` that do not fit (same checks as the C++ op)."""
+    check_delta_norm_args(x, x_ref)
+    b = x.shape[0]
+    named = {"t": t, "jx_now": jx_now, "jt_now": jt_now, "t_ref": t_ref, "jx_ref": jx_ref, "jt_ref": jt_ref,
+             "score": score}
+    for name, v in named.items():
+        if v.dtype != torch.float32 or tuple(v.shape) != (b,):
+            raise ValueError(f"sencache: {name} must be float32 of shape [{b}], got {v.dtype} {tuple(v.shape)}")
+    for name, v, dtype in (("eps", eps, torch.float32), ("force", force, torch.bool), ("skips", skips, torch.int32),
+                           ("flag", flag, torch.int32)):
+        if v.dtype != dtype or v.numel() != 1:
+            raise ValueError(f"sencache: {name} must be a one-element {dtype} tensor, got {v.dtype} {tuple(v.shape)}")
+    if max_skips < 0:
+        raise ValueError(f"sencache: max_skips must be >= 0, got {max_skips}")
+    if x.device.type != "meta":
+        for name, v in {**named, "eps": eps, "force": force, "skips": skips, "flag": flag}.items():
+            if v.device != x.device:
+                raise ValueError(f"sencache: {name} is on {v.device} but x is on {x.device}; keep the state on x's device")
+
+
+if not HAS_EXTENSION:
+    _lib = torch.library.Library("sencache", "DEF")  # noqa: TOR901
+    for _schema in SCHEMAS.values():
+        _lib.define(_schema)
+
+    @torch.library.impl(_lib, "delta_norm", "CompositeExplicitAutograd")
+    def _delta_norm_impl(x, x_ref):
+        check_delta_norm_args(x, x_ref)
+        return delta_norm_ref(x, x_ref)
+
+    @torch.library.impl(_lib, "decide", "CompositeExplicitAutograd")
+    def _decide_impl(*args):
+        check_decide_args(*args)
+        decide_ref(*args)
+
+    @torch.library.register_fake("sencache::delta_norm", lib=_lib)
+    def _delta_norm_fake(x, x_ref):
+        check_delta_norm_args(x, x_ref)
+        return x.new_empty((x.shape[0],), dtype=torch.float32)
+
+    @torch.library.register_fake("sencache::decide", lib=_lib)
+    def _decide_fake(*args):
+        check_decide_args(*args)
+
+
+def delta_norm(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``||x - x_ref||_2`` in float32 (``torch.ops.sencache.delta_norm``); see ``delta_norm_ref``."""
+    return torch.ops.sencache.delta_norm(x, x_ref)
+
+
+def decide(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    jx_now: torch.Tensor,
+    jt_now: torch.Tensor,
+    eps: torch.Tensor,
+    force: torch.Tensor,
+    x_ref: torch.Tensor,
+    t_ref: torch.Tensor,
+    jx_ref: torch.Tensor,
+    jt_ref: torch.Tensor,
+    skips: torch.Tensor,
+    flag: torch.Tensor,
+    score: torch.Tensor,
+    max_skips: int,
+) -> None:
+    """One SenCache decision with its in-place state update (``torch.ops.sencache.decide``); see ``decide_ref``."""
+    torch.ops.sencache.decide(x, t, jx_now, jt_now, eps, force, x_ref, t_ref, jx_ref, jt_ref, skips, flag, score,
+                              max_skips)

@@ -1,0 +1,55 @@
+"""Device-resident decision state: everything the per-step decision reads and writes lives on the latent's device."""
+
+from __future__ import annotations
+
+import torch
+
+from sencache_kernels.ops import decide
+
+
+class DecisionState(torch.nn.Module):
+    """The decision state of one batch, held in registered buffers on the latent's device.
+
+    Buffers: ``x_ref`` (the latent of the last computed step), ``t_ref``, ``jx_ref``, ``jt_ref`` (its timestep and
+    sensitivities, float32 ``[B]``), ``skips`` (consecutive skips, int32), ``flag`` (the last decision, int32 with
+    the ``COMPUTE``/``NONFINITE`` bits), ``score`` (last per-sample scores), and the per-step inputs ``eps`` and
+    ``force``. Being buffers, they move with ``.to()`` and stay put under CUDA-graph capture.
+
+    Args:
+        like: a latent ``[B, ...]``; the state is allocated for its batch size, shape, dtype and device.
+    """
+
+    def __init__(self, like: torch.Tensor) -> None:
+        super().__init__()
+        b, dev = like.shape[0], like.device
+        self.register_buffer("x_ref", torch.zeros(like.shape, dtype=like.dtype, device=dev))
+        for name in ("t_ref", "jx_ref", "jt_ref", "score"):
+            self.register_buffer(name, torch.zeros(b, dtype=torch.float32, device=dev))
+        self.register_buffer("skips", torch.zeros((), dtype=torch.int32, device=dev))
+        self.register_buffer("flag", torch.ones((), dtype=torch.int32, device=dev))
+        self.register_buffer("eps", torch.zeros((), dtype=torch.float32, device=dev))
+        self.register_buffer("force", torch.ones((), dtype=torch.bool, device=dev))
+        # The one host read per eager step goes through a pinned buffer (a plain CPU tensor off CUDA).
+        self._host_flag = torch.zeros((), dtype=torch.int32, pin_memory=dev.type == "cuda")
+
+    def matches(self, x: torch.Tensor) -> bool:
+        """Whether this state was allocated for a latent like ``x`` (shape, dtype, device)."""
+        r = self.x_ref
+        return r.shape == x.shape and r.dtype == x.dtype and r.device == x.device
+
+    def decide(
+        self, x: torch.Tensor, t: torch.Tensor, jx_now: torch.Tensor, jt_now: torch.Tensor, eps: float,
+        force: bool, max_skips: int,
+    ) -> None:
+        """Run the fused decision for latent ``x`` at per-sample timesteps ``t`` (float32 ``[B]``); no host sync."""
+        self.eps.fill_(eps)
+        self.force.fill_(force)
+        decide(x, t, jx_now, jt_now, self.eps, self.force, self.x_ref, self.t_ref, self.jx_ref, self.jt_ref,
+               self.skips, self.flag, self.score, max_skips)
+
+    def read_flag(self) -> int:
+        """Read the decision flag on the host: the single synchronisation of an eager step."""
+        self._host_flag.copy_(self.flag, non_blocking=True)
+        if self.flag.device.type == "cuda":
+            torch.cuda.current_stream(self.flag.device).synchronize()
+        return int(self._host_flag)
