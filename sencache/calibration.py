@@ -76,14 +76,13 @@ class _CalibrationHook(ModelHook):
         self.prev: tuple | None = None
         self.schedule: list[float] | None = None
         self.step = -1
+        self.halves = False
         self.run_jx: list[torch.Tensor] = []
         self.run_jt: list[torch.Tensor] = []
 
     def _cond(self, y: torch.Tensor) -> torch.Tensor:
         """The conditional branch of a transformer input or output (the second half under batched CFG)."""
-        if self.adapter.batched_cfg and getattr(self.pipe, "do_classifier_free_guidance", False):
-            return y[y.shape[0] // 2:]
-        return y
+        return y[y.shape[0] // 2:] if self.halves else y
 
     def _eval(self, args: tuple, kwargs: dict, latent: torch.Tensor | None = None, t: torch.Tensor | None = None):
         if latent is not None:
@@ -101,10 +100,13 @@ class _CalibrationHook(ModelHook):
         if name != self.leader:
             return out
         self.step += 1
-        if self.schedule is None:
-            self.schedule = [float(v) for v in self.pipe.scheduler.timesteps]
-        k, ts = self.step, self.schedule
         x = _get_arg(args, kwargs, self.adapter.latent_arg, self._latent_pos)
+        if self.schedule is None:  # first step of a run
+            self.schedule = [float(v) for v in self.pipe.scheduler.timesteps]
+            h = x.shape[0] // 2
+            # batched CFG feeds [uncond, cond] halves of one latent: identical halves mean guidance is on
+            self.halves = self.adapter.batched_cfg and x.shape[0] % 2 == 0 and torch.equal(x[:h], x[h:])
+        k, ts = self.step, self.schedule
         t = _get_arg(args, kwargs, self.adapter.timestep_arg, self._timestep_pos)
         f = self._cond(_output_tensor(out)).detach().clone()
         k_other = k + 1 if k + 1 < len(ts) else k - 1

@@ -176,6 +176,7 @@ class SenCacheHook(ModelHook):
     def _decide(self, ctx: tuple[str, int | None, int | None], x: torch.Tensor, t: Any) -> None:
         sh = self.shared
         name, step_index, ctx_steps = ctx
+        tb = self._per_sample_timestep(t, x)  # validates before any state changes
         num_steps = self._num_steps(ctx_steps)
         timesteps_obj = getattr(self.scheduler, "timesteps", None)
         signature = (tuple(x.shape), x.dtype, x.device, num_steps)
@@ -191,8 +192,6 @@ class SenCacheHook(ModelHook):
         step = sh.step + 1 if step_index is None else int(step_index)
         sh.step = step
 
-        b = x.shape[0]
-        tb = self._per_sample_timestep(t, x)
         if sh.state is None or not sh.state.matches(x):
             sh.state = DecisionState(x)
         cfg = self.config
@@ -206,7 +205,7 @@ class SenCacheHook(ModelHook):
             warnings.warn("SenCache: the latent contains NaN or Inf; such steps are always computed, never skipped. "
                           "Check the inputs and the model's dtype.", RuntimeWarning, stacklevel=4)
         sh.compute = bool(flag & COMPUTE)
-        threshold = eps * math.sqrt(x.numel() // b)
+        threshold = eps * math.sqrt(x.numel() // x.shape[0])
         sh.recorder.record(tb, sh.state.score, threshold, forced, sh.compute)
 
     @staticmethod

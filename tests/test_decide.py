@@ -1,0 +1,225 @@
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sencache_kernels as sk
+
+STATE = ("x_ref", "t_ref", "jx_ref", "jt_ref", "skips", "flag", "score")
+
+
+def make_args(x, gen, eps=0.05, force=False, max_skips=2):
+    b = x.shape[0]
+    return dict(
+        x=x,
+        t=torch.full((b,), 900.0),
+        jx_now=torch.rand(b, generator=gen) + 0.5,
+        jt_now=torch.rand(b, generator=gen) * 1e-2,
+        eps=torch.tensor(eps),
+        force=torch.tensor(force),
+        x_ref=torch.randn(x.shape, generator=gen).to(x.dtype),
+        t_ref=torch.full((b,), 950.0),
+        jx_ref=torch.rand(b, generator=gen) + 0.5,
+        jt_ref=torch.rand(b, generator=gen) * 1e-2,
+        skips=torch.zeros((), dtype=torch.int32),
+        flag=torch.zeros((), dtype=torch.int32),
+        score=torch.zeros(b),
+        max_skips=max_skips,
+    )
+
+
+def clone(args):
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 2, 4])
+@pytest.mark.parametrize("per_sample", [1, 7, 1023, 4097])
+def test_trajectory_op_equals_reference(dtype, batch, per_sample, gen):
+    """A whole synthetic trajectory: the op and the reference take the same decisions and reach the same bits."""
+    x = torch.randn(batch, per_sample, generator=gen).to(dtype)
+    a = make_args(x, gen, eps=0.02, force=True, max_skips=2)
+    b = clone(a)
+    decisions = []
+    t = 1000.0
+    for step in range(12):
+        t -= 37.5
+        step_scale = 0.002 if step % 4 else 0.2  # mostly small moves, sometimes a jump
+        x = (x.float() + step_scale * torch.randn(x.shape, generator=gen)).to(dtype)
+        tt = torch.full((batch,), t)
+        jx = torch.rand(batch, generator=gen) + 0.5
+        jt = torch.rand(batch, generator=gen) * 1e-4
+        for args, fn in ((a, sk.decide), (b, sk.decide_ref)):
+            args.update(x=x, t=tt, jx_now=jx, jt_now=jt, force=torch.tensor(step == 0))
+            fn(**args)
+        for k in STATE:
+            assert torch.equal(a[k], b[k]), (step, k)
+        decisions.append(int(a["flag"]) & sk.COMPUTE)
+    assert 0 in decisions and 1 in decisions[1:], decisions  # the trajectory exercises both outcomes
+
+
+def test_decision_semantics_by_hand():
+    """Hand-computed: score = jx*||dx|| + jt*|dt| against eps*sqrt(n), K, force, state refresh."""
+    x_ref = torch.zeros(2, 4)
+    args = dict(
+        x=torch.tensor([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]),  # drifts 5 and 1
+        t=torch.tensor([90.0, 90.0]), jx_now=torch.tensor([7.0, 7.0]), jt_now=torch.tensor([9.0, 9.0]),
+        eps=torch.tensor(3.0), force=torch.tensor(False), x_ref=x_ref,
+        t_ref=torch.tensor([100.0, 100.0]), jx_ref=torch.tensor([1.0, 0.5]), jt_ref=torch.tensor([0.1, 0.2]),
+        skips=torch.zeros((), dtype=torch.int32), flag=torch.zeros((), dtype=torch.int32),
+        score=torch.zeros(2), max_skips=1,
+    )
+    # scores: 1*5 + 0.1*10 = 6 and 0.5*1 + 0.2*10 = 2.5; threshold 3*sqrt(4) = 6 -> both ok -> skip
+    sk.decide(**args)
+    assert args["score"].tolist() == [6.0, 2.5]
+    assert int(args["flag"]) == 0 and int(args["skips"]) == 1
+    assert torch.equal(args["x_ref"], torch.zeros(2, 4)) and args["t_ref"].tolist() == [100.0, 100.0]
+    # same input again: K=1 reached -> compute, state refreshed from x, t, jx_now, jt_now
+    sk.decide(**args)
+    assert int(args["flag"]) == sk.COMPUTE and int(args["skips"]) == 0
+    assert torch.equal(args["x_ref"], args["x"]) and args["t_ref"].tolist() == [90.0, 90.0]
+    assert args["jx_ref"].tolist() == [7.0, 7.0] and args["jt_ref"].tolist() == [9.0, 9.0]
+    # one sample over the threshold -> the batch computes
+    args.update(x=args["x"] + torch.tensor([[0.0], [1.0]]), t=torch.tensor([90.0, 90.0]))
+    sk.decide(**args)  # sample 1 drift 2 -> 7*2 = 14 > 6
+    assert int(args["flag"]) == sk.COMPUTE
+    # forced step computes even with zero drift
+    args.update(force=torch.tensor(True))
+    sk.decide(**args)
+    assert args["score"].tolist() == [0.0, 0.0] and int(args["flag"]) == sk.COMPUTE
+
+
+def test_nonfinite_latent_computes_and_flags(gen):
+    x = torch.randn(2, 16, generator=gen)
+    a = make_args(x, gen, eps=1e9)  # everything would be skipped...
+    a["x"] = x.clone()
+    a["x"][1, 3] = float("nan")
+    sk.decide(**a)  # ...but a NaN never skips
+    assert int(a["flag"]) == sk.COMPUTE | sk.NONFINITE
+    b = make_args(x, gen, eps=1e9)
+    b["x"] = x.clone()
+    b["x"][0, 0] = float("inf")
+    sk.decide(**b)
+    assert int(b["flag"]) == sk.COMPUTE | sk.NONFINITE
+
+
+def test_eps_zero_never_skips_moving_latent(gen):
+    x = torch.randn(2, 33, generator=gen)
+    a = make_args(x, gen, eps=0.0, max_skips=100)
+    sk.decide(**a)
+    assert int(a["flag"]) == sk.COMPUTE
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(x_ref=torch.zeros(2, 8, dtype=torch.bfloat16)), "x_ref must match x"),
+        (dict(t=torch.zeros(2, dtype=torch.float64)), "t must be float32"),
+        (dict(score=torch.zeros(3)), "score must be float32"),
+        (dict(eps=torch.zeros(2)), "eps must be"),
+        (dict(force=torch.tensor(1)), "force must be"),
+        (dict(skips=torch.zeros((), dtype=torch.int64)), "skips must be"),
+        (dict(max_skips=-1), "max_skips"),
+        (dict(x=torch.zeros(2, 8, dtype=torch.int32), x_ref=torch.zeros(2, 8, dtype=torch.int32)), "floating"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(change, match, gen):
+    a = make_args(torch.randn(2, 8, generator=gen), gen)
+    a.update(change)
+    with pytest.raises(ValueError, match=match):
+        sk.decide(**a)
+
+
+def test_mixed_devices_raise(gen):
+    a = make_args(torch.randn(2, 8, generator=gen), gen)
+    a["t_ref"] = a["t_ref"].to("meta")
+    with pytest.raises((ValueError, RuntimeError), match="(?i)device"):
+        sk.decide(**a)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decide_opcheck(dtype, gen):
+    a = make_args(torch.randn(2, 13, generator=gen).to(dtype), gen)
+    torch.library.opcheck(torch.ops.sencache.decide.default, tuple(a.values()))
+
+
+def test_state_module_matches_functional_op(gen):
+    x = torch.randn(2, 3, 5, generator=gen)
+    st = sk.DecisionState(x)
+    t = torch.full((2,), 800.0)
+    j = torch.rand(2, generator=gen)
+    st.decide(x, t, j, j, 0.1, True, 2)
+    assert st.read_flag() == sk.COMPUTE and torch.equal(st.x_ref, x)
+    st.decide(x, t, j, j, 0.1, False, 2)  # no drift at all: skip
+    assert st.read_flag() == 0 and int(st.skips) == 1
+    assert st.matches(x) and not st.matches(x.double())
+
+
+def test_compile_fullgraph_no_graph_break(gen):
+    x = torch.randn(2, 40, generator=gen)
+    a = make_args(x, gen)
+
+    def step(x, t, jx, jt, eps, force, x_ref, t_ref, jx_ref, jt_ref, skips, flag, score):
+        d = sk.delta_norm(x, x_ref)
+        sk.decide(x, t, jx, jt, eps, force, x_ref, t_ref, jx_ref, jt_ref, skips, flag, score, 2)
+        return d * 2
+
+    args = tuple(v for k, v in a.items() if k != "max_skips")
+    explanation = torch._dynamo.explain(step)(*clone_tuple(args))
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    ea, ca = clone_tuple(args), clone_tuple(args)
+    for _ in range(3):
+        assert torch.equal(step(*ea), compiled(*ca))
+        for u, v in zip(ea, ca):
+            assert torch.equal(u, v)
+
+
+def clone_tuple(args):
+    return tuple(v.clone() for v in args)
+
+
+def test_python_schemas_match_extension():
+    if not sk.HAS_EXTENSION:
+        pytest.skip("compiled extension not built")
+    for name, schema in sk.SCHEMAS.items():
+        assert str(getattr(torch.ops.sencache, name).default._schema) == "sencache::" + schema
+
+
+def test_reference_fallback_without_extension():
+    """With the extension disabled the same ops exist, pass opcheck, and give the same decision."""
+    code = (
+        "import warnings, torch, sencache_kernels as sk\n"
+        "assert not sk.HAS_EXTENSION\n"
+        "from tests.test_decide import make_args\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "a = make_args(torch.randn(2, 9, generator=g), g)\n"
+        "torch.library.opcheck(torch.ops.sencache.decide.default, tuple(a.values()))\n"
+        "torch.library.opcheck(torch.ops.sencache.delta_norm.default, (a['x'], a['x_ref']))\n"
+        "sk.decide(**a); print(int(a['flag']), a['score'].tolist())\n"
+    )
+    env = {**os.environ, "SENCACHE_DISABLE_EXTENSION": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    g = torch.Generator().manual_seed(0)
+    a = make_args(torch.randn(2, 9, generator=g), g)
+    sk.decide(**a)
+    assert out.stdout.strip() == f"{int(a['flag'])} {a['score'].tolist()}"
+
+
+def test_threshold_scales_with_sqrt_numel():
+    """eps is RMS per element: the same per-element drift gives the same decision at any size."""
+    for n in (4, 400, 40000):
+        x = torch.full((1, n), 0.1)
+        a = dict(x=x, t=torch.tensor([1.0]), jx_now=torch.ones(1), jt_now=torch.zeros(1), eps=torch.tensor(0.1001),
+                 force=torch.tensor(False), x_ref=torch.zeros(1, n), t_ref=torch.tensor([1.0]), jx_ref=torch.ones(1),
+                 jt_ref=torch.zeros(1), skips=torch.zeros((), dtype=torch.int32),
+                 flag=torch.zeros((), dtype=torch.int32), score=torch.zeros(1), max_skips=3)
+        sk.decide(**a)
+        assert int(a["flag"]) == 0, n
+        # float32 accumulation of n terms: relative error bounded by about n * 2**-24
+        assert math.isclose(float(a["score"]), 0.1 * math.sqrt(n), rel_tol=n * 2.0**-24)
