@@ -98,3 +98,13 @@ def test_compatibility_checks():
         make(**{**meta, "scheduler_class": "UniPCMultistepScheduler"}).check_compatible(pipe.transformer, pipe.scheduler)
     with pytest.warns(UserWarning, match="another config"):
         make(**{**meta, "transformer_config_hash": "0" * 16}).check_compatible(pipe.transformer, pipe.scheduler)
+
+
+def test_cli_show_prints_the_table(tmp_path, capsys):
+    from sencache.cli import main
+
+    path = tmp_path / "p.sencache.safetensors"
+    make(transformer_class="WanTransformer3DModel").save(path)
+    main(["show", str(path)])
+    out = capsys.readouterr().out
+    assert "transformer_class: WanTransformer3DModel" in out and len(out.strip().splitlines()) == 1 + 1 + 6

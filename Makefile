@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv (if absent), install the pinned
+# dev dependencies, build the C++ extension, then run. On a machine whose python already has a CUDA build of torch,
+# the venv sees it (--system-site-packages) and torch/triton are not reinstalled.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+HAS_CUDA_TORCH := $(shell $(PYTHON) -c "import torch,sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null && echo 1)
+
+.PHONY: demo test install bench lint clean
+
+$(PY):
+ifeq ($(HAS_CUDA_TORCH),1)
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+else
+	$(PYTHON) -m venv $(VENV)
+endif
+
+$(VENV)/.deps: requirements-dev.txt requirements-torch.txt | $(PY)
+ifneq ($(HAS_CUDA_TORCH),1)
+	$(PY) -m pip install -q -r requirements-torch.txt
+endif
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.ext: $(VENV)/.deps setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(VENV)/.ext
+
+demo: install
+	$(PY) -m sencache.demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) -m pytest -q benchmarks --benchmark-only
+
+lint: install
+	$(PY) -m ruff check sencache sencache_kernels tests benchmarks
+
+clean:
+	rm -rf build *.egg-info sencache_kernels/_C*.so $(VENV)

@@ -1,0 +1,43 @@
+"""``sencache`` command line: ``sencache demo`` and ``sencache show PROFILE``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def show(path: str) -> None:
+    """Print a profile's metadata and its Jx/Jt table."""
+    from sencache.profile import SensitivityProfile
+
+    p = SensitivityProfile.load(path)
+    for k, v in sorted(p.metadata.items()):
+        if k != "scheduler_config":
+            print(f"{k}: {v}")
+    print(f"{'step':>4} {'timestep':>10} {'Jx':>12} {'Jt':>12}")
+    for i, (t, jx, jt) in enumerate(zip(p.timesteps.tolist(), p.jx.tolist(), p.jt.tolist())):
+        print(f"{i:>4} {t:>10.3f} {jx:>12.5g} {jt:>12.5g}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``sencache`` script."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="sencache", description="Sensitivity-aware caching for video DiTs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="calibrate and compare on a small offline pipeline (see `sencache demo --help`)",
+                   add_help=False)
+    show_p = sub.add_parser("show", help="print a saved SensitivityProfile")
+    show_p.add_argument("profile")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        from sencache.demo import main as demo_main
+
+        demo_main(rest)
+    else:
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        show(args.profile)
+
+
+if __name__ == "__main__":
+    main()
