@@ -31,7 +31,17 @@ _LAZY = {
     "calibrate": "sencache.calibration",
 }
 
-__all__ = ["CallStats", "SenCacheConfig", "SensitivityProfile", "__version__", *_LAZY]
+__all__ = [
+    "CallStats",
+    "SenCacheConfig",
+    "SensitivityProfile",
+    "__version__",
+    "apply_sencache",
+    "calibrate",
+    "get_stats",
+    "remove_sencache",
+    "supported_models",
+]
 
 if TYPE_CHECKING:
     from sencache.adapters import supported_models

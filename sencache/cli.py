@@ -15,7 +15,7 @@ def show(path: str) -> None:
         if k != "scheduler_config":
             print(f"{k}: {v}")
     print(f"{'step':>4} {'timestep':>10} {'Jx':>12} {'Jt':>12}")
-    for i, (t, jx, jt) in enumerate(zip(p.timesteps.tolist(), p.jx.tolist(), p.jt.tolist())):
+    for i, (t, jx, jt) in enumerate(zip(p.timesteps.tolist(), p.jx.tolist(), p.jt.tolist(), strict=True)):
         print(f"{i:>4} {t:>10.3f} {jx:>12.5g} {jt:>12.5g}")
 
 

@@ -64,7 +64,9 @@ class SenCacheConfig:
         if self.num_inference_steps == 0:
             raise ValueError("SenCacheConfig.num_inference_steps must be >= 1 when given")
         if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"SenCacheConfig.interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
+            raise ValueError(
+                f"SenCacheConfig.interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}"
+            )
 
     def tolerance(self, step: int, num_steps: int) -> float:
         """The tolerance in force at ``step`` of ``num_steps``: ``eps_start`` in the start phase, then ``eps``."""

@@ -66,7 +66,9 @@ class SensitivityProfile:
         self.jt = torch.as_tensor(self.jt, dtype=torch.float64).detach().cpu()
         n = self.timesteps.numel()
         if self.timesteps.dim() != 1 or n < 1:
-            raise ValueError(f"SensitivityProfile: timesteps must be a non-empty 1-D tensor, got {tuple(self.timesteps.shape)}")
+            raise ValueError(
+                f"SensitivityProfile: timesteps must be a non-empty 1-D tensor, got {tuple(self.timesteps.shape)}"
+            )
         for name in ("jx", "jt"):
             v = getattr(self, name)
             if v.shape != self.timesteps.shape:

@@ -43,11 +43,12 @@ class CallStats:
     @property
     def wants_compute(self) -> list[list[bool]]:
         """Per step and sample, whether that sample's score alone asked for a computed step."""
-        return [[not (math.isfinite(s) and s <= thr) for s in row] for row, thr in zip(self.scores, self.thresholds)]
+        rows = zip(self.scores, self.thresholds, strict=True)
+        return [[not (math.isfinite(s) and s <= thr) for s in row] for row, thr in rows]
 
     def timeline(self) -> str:
         """One character per step: ``F`` forced, ``C`` computed by score, ``.`` skipped."""
-        return "".join("F" if f else ("C" if c else ".") for c, f in zip(self.computed, self.forced))
+        return "".join("F" if f else ("C" if c else ".") for c, f in zip(self.computed, self.forced, strict=True))
 
     def __str__(self) -> str:
         n = len(self.computed)

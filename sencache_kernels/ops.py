@@ -73,12 +73,11 @@ def check_decide_args(x, t, jx_now, jt_now, eps, force, x_ref, t_ref, jx_ref, jt
                            ("flag", flag, torch.int32)):
         if v.dtype != dtype or v.numel() != 1:
             raise ValueError(f"sencache: {name} must be a one-element {dtype} tensor, got {v.dtype} {tuple(v.shape)}")
-    if max_skips < 0:
-        raise ValueError(f"sencache: max_skips must be >= 0, got {max_skips}")
-    if x.device.type != "meta":
-        for name, v in {**named, "eps": eps, "force": force, "skips": skips, "flag": flag}.items():
-            if v.device != x.device:
-                raise ValueError(f"sencache: {name} is on {v.device} but x is on {x.device}; keep the state on x's device")
+    if not 0 <= max_skips <= 2**31 - 1:  # compared with the int32 counter
+        raise ValueError(f"sencache: max_skips must be in [0, 2**31 - 1], got {max_skips}")
+    for name, v in {**named, "eps": eps, "force": force, "skips": skips, "flag": flag}.items():
+        if v.device != x.device:
+            raise ValueError(f"sencache: {name} is on {v.device} but x is on {x.device}; keep the state on x's device")
 
 
 if not HAS_EXTENSION:

@@ -116,14 +116,14 @@ def test_eps_zero_never_skips_moving_latent(gen):
 @pytest.mark.parametrize(
     "change, match",
     [
-        (dict(x_ref=torch.zeros(2, 8, dtype=torch.bfloat16)), "x_ref must match x"),
-        (dict(t=torch.zeros(2, dtype=torch.float64)), "t must be float32"),
-        (dict(score=torch.zeros(3)), "score must be float32"),
-        (dict(eps=torch.zeros(2)), "eps must be"),
-        (dict(force=torch.tensor(1)), "force must be"),
-        (dict(skips=torch.zeros((), dtype=torch.int64)), "skips must be"),
+        (dict(x_ref=torch.zeros(2, 8, dtype=torch.bfloat16)), "x_ref must"),
+        (dict(t=torch.zeros(2, dtype=torch.float64)), "t must be"),
+        (dict(score=torch.zeros(3)), "score must"),
+        (dict(eps=torch.zeros(2)), "eps must"),
+        (dict(force=torch.tensor(1)), "force must"),
+        (dict(skips=torch.zeros((), dtype=torch.int64)), "skips must"),
         (dict(max_skips=-1), "max_skips"),
-        (dict(x=torch.zeros(2, 8, dtype=torch.int32), x_ref=torch.zeros(2, 8, dtype=torch.int32)), "floating"),
+        (dict(x=torch.zeros(2, 8, dtype=torch.int32), x_ref=torch.zeros(2, 8, dtype=torch.int32)), "x must be"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(change, match, gen):
@@ -136,7 +136,7 @@ def test_bad_arguments_raise_clear_errors(change, match, gen):
 def test_mixed_devices_raise(gen):
     a = make_args(torch.randn(2, 8, generator=gen), gen)
     a["t_ref"] = a["t_ref"].to("meta")
-    with pytest.raises((ValueError, RuntimeError), match="(?i)device"):
+    with pytest.raises(ValueError, match="t_ref is on meta"):
         sk.decide(**a)
 
 
@@ -174,7 +174,7 @@ def test_compile_fullgraph_no_graph_break(gen):
     ea, ca = clone_tuple(args), clone_tuple(args)
     for _ in range(3):
         assert torch.equal(step(*ea), compiled(*ca))
-        for u, v in zip(ea, ca):
+        for u, v in zip(ea, ca, strict=True):
             assert torch.equal(u, v)
 
 

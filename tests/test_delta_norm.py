@@ -29,9 +29,9 @@ def test_op_equals_reference_bitwise_noncontiguous(gen):
 
 def test_delta_norm_shape_mismatch_is_clear(gen):
     x = torch.randn(2, 8, generator=gen)
-    with pytest.raises(ValueError, match="x_ref must match x"):
+    with pytest.raises(ValueError, match="x_ref must"):
         sk.delta_norm(x, torch.randn(2, 9, generator=gen))
-    with pytest.raises(ValueError, match="x_ref must match x"):
+    with pytest.raises(ValueError, match="x_ref must"):
         sk.delta_norm(x, x.to(torch.bfloat16))
 
 

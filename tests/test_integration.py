@@ -86,7 +86,7 @@ def test_handcrafted_profile_gives_hand_computed_sequence(pipes):
         run(pipe, "cogvideox")
         st = sencache.get_stats(pipe)
         assert st.timeline() == expected, k
-        skipped_scores = [s for s, c in zip(st.scores, st.computed) if not c]
+        skipped_scores = [s for s, c in zip(st.scores, st.computed, strict=True) if not c]
         assert all(row == [1.0, 1.0] or row == [2.0, 2.0] for row in skipped_scores)
 
 
@@ -179,7 +179,7 @@ def test_batch_of_prompts_decides_per_sample(pipes):
     assert all(len(row) == 2 for row in st.scores)
     assert st.wants_compute[1] in ([True, False], [False, True]) and st.computed[1]
     skips = 0
-    for computed, forced, wants in zip(st.computed, st.forced, st.wants_compute):
+    for computed, forced, wants in zip(st.computed, st.forced, st.wants_compute, strict=True):
         assert computed == (forced or any(wants) or skips >= k_cap)
         skips = 0 if computed else skips + 1
 

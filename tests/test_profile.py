@@ -11,7 +11,8 @@ def make(n=6, **meta):
     ts = torch.linspace(1000, 50, n)
     return sencache.SensitivityProfile(timesteps=ts, jx=torch.rand(n, generator=g) + 0.1,
                                        jt=torch.rand(n, generator=g) * 1e-3, metadata=meta,
-                                       jx_samples=torch.rand(3, n, generator=g), jt_samples=torch.rand(3, n, generator=g))
+                                       jx_samples=torch.rand(3, n, generator=g),
+                                       jt_samples=torch.rand(3, n, generator=g))
 
 
 def test_save_load_roundtrip(tmp_path):
@@ -95,7 +96,8 @@ def test_compatibility_checks():
     with pytest.raises(ValueError, match="calibrated for WanTransformer3DModel, got CogVideoX"):
         make(**meta).check_compatible(tiny.build_pipeline("cogvideox").transformer)
     with pytest.raises(ValueError, match="scheduler"):
-        make(**{**meta, "scheduler_class": "UniPCMultistepScheduler"}).check_compatible(pipe.transformer, pipe.scheduler)
+        other = make(**{**meta, "scheduler_class": "UniPCMultistepScheduler"})
+        other.check_compatible(pipe.transformer, pipe.scheduler)
     with pytest.warns(UserWarning, match="another config"):
         make(**{**meta, "transformer_config_hash": "0" * 16}).check_compatible(pipe.transformer, pipe.scheduler)
 
