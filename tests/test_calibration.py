@@ -104,3 +104,12 @@ def test_calibrate_errors():
     a = pipe(**tiny.call_kwargs("wan", pipe, num_inference_steps=3)).frames
     b = tiny.build_pipeline("wan")
     assert torch.equal(a, b(**tiny.call_kwargs("wan", b, num_inference_steps=3)).frames)
+
+
+@pytest.mark.parametrize("arch", ["cogvideox", "ltx"])
+def test_calibration_without_guidance_uses_whole_batch(arch):
+    """Batched-CFG pipelines at guidance_scale=1 send an undoubled batch: every sample is conditional."""
+    pipe = tiny.build_pipeline(arch)
+    kw = {**kwargs(arch, pipe), "guidance_scale": 1.0}
+    prof = sencache.calibrate(pipe, num_samples=1, num_inference_steps=3, progress=False, **kw)
+    assert prof.jx_samples.shape == (1, 3) and bool((prof.jx > 0).all()) and bool((prof.jt > 0).all())

@@ -234,3 +234,16 @@ def test_bare_transformer_needs_step_count_and_checks_devices(pipes):
         out = tr(hidden_states=x, timestep=torch.tensor([t]), encoder_hidden_states=ehs, return_dict=False)[0]
         assert out.shape == x.shape
     assert sencache.get_stats(tr).num_steps == 4 and len(sencache.get_stats(tr).computed) == 4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_without_guidance(arch, pipes):
+    """guidance_scale=1: one context (Wan) or an undoubled batch (CogVideoX/LTX); same guarantees."""
+    pipe = pipes[arch]
+    ref = run(pipe, arch, guidance_scale=1.0)
+    sencache.apply_sencache(pipe, sencache.SenCacheConfig(profile=flat_profile(pipe, jx=1.0), eps=0.0, eps_start=0.0))
+    assert torch.equal(run(pipe, arch, guidance_scale=1.0), ref)
+    sencache.apply_sencache(pipe, sencache.SenCacheConfig(profile=flat_profile(pipe), eps=10.0, eps_start=10.0))
+    out = run(pipe, arch, guidance_scale=1.0)
+    st = sencache.get_stats(pipe)
+    assert st.skipped > 0 and st.block_stack_calls == st.nfe and torch.isfinite(out).all()
