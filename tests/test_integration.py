@@ -247,3 +247,20 @@ def test_without_guidance(arch, pipes):
     out = run(pipe, arch, guidance_scale=1.0)
     st = sencache.get_stats(pipe)
     assert st.skipped > 0 and st.block_stack_calls == st.nfe and torch.isfinite(out).all()
+
+
+def test_change_of_dtype_resets():
+    """A new latent dtype starts a new call: the state is re-allocated and the first step is forced again."""
+    pipe = tiny.build_pipeline("wan")
+    tr = pipe.transformer
+    sencache.apply_sencache(tr, sencache.SenCacheConfig(profile=flat_profile(pipe), eps=10.0, eps_start=10.0,
+                                                        num_inference_steps=4))
+    x = torch.randn(1, 16, 3, 4, 4)
+    ehs = torch.randn(1, 16, 32)
+    for t in (999.0, 700.0):
+        tr(hidden_states=x, timestep=torch.tensor([t]), encoder_hidden_states=ehs)
+    assert sencache.get_stats(tr).timeline() == "F."
+    tr.double()
+    out = tr(hidden_states=x.double(), timestep=torch.tensor([400.0]), encoder_hidden_states=ehs.double())[0]
+    assert out.dtype == torch.float64
+    assert sencache.get_stats(tr).timeline() == "F" and sencache.get_stats(tr, call=-2).timeline() == "F."
