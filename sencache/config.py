@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sencache.profile import SensitivityProfile
-
-_INTERPOLATIONS = ("linear", "nearest")
+from sencache.profile import INTERPOLATIONS, SensitivityProfile
 
 
 @dataclass
@@ -63,9 +61,9 @@ class SenCacheConfig:
                 raise ValueError(f"SenCacheConfig.{name} must be an integer >= 0, got {v!r}")
         if self.num_inference_steps == 0:
             raise ValueError("SenCacheConfig.num_inference_steps must be >= 1 when given")
-        if self.interpolation not in _INTERPOLATIONS:
+        if self.interpolation not in INTERPOLATIONS:
             raise ValueError(
-                f"SenCacheConfig.interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}"
+                f"SenCacheConfig.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
             )
 
     def tolerance(self, step: int, num_steps: int) -> float:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 PROFILE_FORMAT = 1
-_INTERPOLATIONS = ("linear", "nearest")
+INTERPOLATIONS = ("linear", "nearest")
 
 
 def config_hash(config: Any) -> str:
@@ -104,8 +104,8 @@ class SensitivityProfile:
             t: timesteps, any shape (float or integer); values outside the table are clamped to its ends.
             interpolation: ``"linear"`` between neighbouring table entries, or ``"nearest"`` entry.
         """
-        if interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
         ts, jx, jt = self._tables(t.device)
         tq = t.to(torch.float32)
         if ts.numel() == 1:

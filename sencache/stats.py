@@ -75,7 +75,7 @@ class StatsRecorder:
             return stats
         ts = torch.cat([s[0] for s in self._steps]).double().cpu().tolist()
         scores = torch.stack([s[1] for s in self._steps]).double().cpu()
-        scores = torch.nan_to_num(scores, nan=float("nan"), posinf=float("nan"), neginf=float("nan")).tolist()
+        scores = torch.where(torch.isfinite(scores), scores, float("nan")).tolist()
         stats.timesteps = ts
         stats.scores = scores
         stats.thresholds = [s[2] for s in self._steps]
