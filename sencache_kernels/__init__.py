@@ -1,16 +1,22 @@
 """``sencache_kernels``: the low-level SenCache ops for integrators.
 
 - ``delta_norm(x, x_ref)``: per-sample ``||x - x_ref||_2`` accumulated in float32.
-- ``decide(...)``: the sensitivity score, the skip decision and the state update, in place, with no host sync.
+- ``decide(...)``: the sensitivity score, the skip decision and the state update, in place, with no host sync
+  (on CUDA one fused Triton launch, ``decide_triton``).
+- ``commit(flag, src, base, dst)``: the compute branch's state write (``dst <- src - base``), predicated on the
+  device flag: the latent reference and the block-stack residual.
+- ``set_conditional(flag, handle)`` (``torch.ops.sencache.set_conditional``, CUDA builds): sets a CUDA-graph
+  conditional handle from the flag.
 - ``DecisionState``: the device-resident state those ops update, in registered buffers.
 
 Each op has a pure-torch reference (``*_ref``), which is also the CPU path and the test oracle. Importing this
 package never initialises CUDA.
 """
 
-from sencache_kernels.decide import COMPUTE, NONFINITE, decide_ref
+from sencache_kernels.commit import commit_ref
+from sencache_kernels.decide import COMPUTE, NONFINITE, decide_ref, decide_triton
 from sencache_kernels.delta_norm import delta_norm_ref
-from sencache_kernels.ops import HAS_EXTENSION, SCHEMAS, decide, delta_norm
+from sencache_kernels.ops import HAS_EXTENSION, SCHEMAS, commit, decide, delta_norm
 from sencache_kernels.state import DecisionState
 
 __all__ = [
@@ -19,8 +25,11 @@ __all__ = [
     "HAS_EXTENSION",
     "SCHEMAS",
     "DecisionState",
+    "commit",
+    "commit_ref",
     "decide",
     "decide_ref",
+    "decide_triton",
     "delta_norm",
     "delta_norm_ref",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sencache_kernels.ops import decide
+from sencache_kernels.ops import commit, decide
 
 
 class DecisionState(torch.nn.Module):
@@ -12,8 +12,9 @@ class DecisionState(torch.nn.Module):
 
     Buffers: ``x_ref`` (the latent of the last computed step), ``t_ref``, ``jx_ref``, ``jt_ref`` (its timestep and
     sensitivities, float32 ``[B]``), ``skips`` (consecutive skips, int32), ``flag`` (the last decision, int32 with
-    the ``COMPUTE``/``NONFINITE`` bits), ``score`` (last per-sample scores), and the per-step inputs ``eps`` and
-    ``force``. Being buffers, they move with ``.to()`` and stay put under CUDA-graph capture.
+    the ``COMPUTE``/``NONFINITE`` bits), ``score`` (last per-sample scores), the per-step inputs ``eps`` and
+    ``force``, and ``ticket`` (the fused kernel's arrival counter, zero between calls). Being buffers, they move with
+    ``.to()``, keep their addresses under CUDA-graph capture, and are static inputs for ``torch.compile``.
 
     Args:
         like: a latent ``[B, ...]``; the state is allocated for its batch size, shape, dtype and device.
@@ -29,6 +30,7 @@ class DecisionState(torch.nn.Module):
         self.register_buffer("flag", torch.ones((), dtype=torch.int32, device=dev))
         self.register_buffer("eps", torch.zeros((), dtype=torch.float32, device=dev))
         self.register_buffer("force", torch.ones((), dtype=torch.bool, device=dev))
+        self.register_buffer("ticket", torch.zeros((), dtype=torch.int32, device=dev))
         # The one host read per eager step goes through a pinned buffer (a plain CPU tensor off CUDA).
         self._host_flag = torch.zeros((), dtype=torch.int32, pin_memory=dev.type == "cuda")
 
@@ -37,15 +39,25 @@ class DecisionState(torch.nn.Module):
         r = self.x_ref
         return r.shape == x.shape and r.dtype == x.dtype and r.device == x.device
 
+    def set_inputs(self, eps: float, force: bool) -> None:
+        """Set the step's tolerance and forcing (two device fills, no sync); ``step`` reads them from the buffers."""
+        self.eps.fill_(eps)
+        self.force.fill_(force)
+
+    def step(self, x: torch.Tensor, t: torch.Tensor, jx_now: torch.Tensor, jt_now: torch.Tensor, max_skips: int) -> None:
+        """The fused decision for latent ``x`` at per-sample timesteps ``t`` (float32 ``[B]``), then the reference
+        update of a computed step (``commit``); no host sync, traceable by ``torch.compile``."""
+        decide(x, t, jx_now, jt_now, self.eps, self.force, self.x_ref, self.t_ref, self.jx_ref, self.jt_ref,
+               self.skips, self.flag, self.score, self.ticket, max_skips)
+        commit(self.flag, x, None, self.x_ref)
+
     def decide(
         self, x: torch.Tensor, t: torch.Tensor, jx_now: torch.Tensor, jt_now: torch.Tensor, eps: float,
         force: bool, max_skips: int,
     ) -> None:
-        """Run the fused decision for latent ``x`` at per-sample timesteps ``t`` (float32 ``[B]``); no host sync."""
-        self.eps.fill_(eps)
-        self.force.fill_(force)
-        decide(x, t, jx_now, jt_now, self.eps, self.force, self.x_ref, self.t_ref, self.jx_ref, self.jt_ref,
-               self.skips, self.flag, self.score, max_skips)
+        """``set_inputs`` then ``step``: one eager decision with its state update; no host sync."""
+        self.set_inputs(eps, force)
+        self.step(x, t, jx_now, jt_now, max_skips)
 
     def read_flag(self) -> int:
         """Read the decision flag on the host: the single synchronisation of an eager step."""

@@ -1,12 +1,19 @@
 import os
 
-# Triton kernels run on the CPU through the interpreter; this must be set before any kernel module is imported.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+# Triton kernels run natively on a GPU and, without one, on the CPU through the interpreter; this must be decided
+# before any kernel module is imported.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Where the kernels under test run: natively on CUDA when present, else the CPU (Triton through the interpreter).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture

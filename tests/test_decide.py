@@ -8,7 +8,7 @@ import torch
 
 import sencache_kernels as sk
 
-STATE = ("x_ref", "t_ref", "jx_ref", "jt_ref", "skips", "flag", "score")
+STATE = ("x_ref", "t_ref", "jx_ref", "jt_ref", "skips", "flag", "score", "ticket")
 
 
 def make_args(x, gen, eps=0.05, force=False, max_skips=2):
@@ -27,6 +27,7 @@ def make_args(x, gen, eps=0.05, force=False, max_skips=2):
         skips=torch.zeros((), dtype=torch.int32),
         flag=torch.zeros((), dtype=torch.int32),
         score=torch.zeros(b),
+        ticket=torch.zeros((), dtype=torch.int32),
         max_skips=max_skips,
     )
 
@@ -52,9 +53,10 @@ def test_trajectory_op_equals_reference(dtype, batch, per_sample, gen):
         tt = torch.full((batch,), t)
         jx = torch.rand(batch, generator=gen) + 0.5
         jt = torch.rand(batch, generator=gen) * 1e-4
-        for args, fn in ((a, sk.decide), (b, sk.decide_ref)):
+        for args, fn, commit in ((a, sk.decide, sk.commit), (b, sk.decide_ref, sk.commit_ref)):
             args.update(x=x, t=tt, jx_now=jx, jt_now=jt, force=torch.tensor(step == 0))
             fn(**args)
+            commit(args["flag"], x, None, args["x_ref"])
         for k in STATE:
             assert torch.equal(a[k], b[k]), (step, k)
         decisions.append(int(a["flag"]) & sk.COMPUTE)
@@ -70,22 +72,25 @@ def test_decision_semantics_by_hand():
         eps=torch.tensor(3.0), force=torch.tensor(False), x_ref=x_ref,
         t_ref=torch.tensor([100.0, 100.0]), jx_ref=torch.tensor([1.0, 0.5]), jt_ref=torch.tensor([0.1, 0.2]),
         skips=torch.zeros((), dtype=torch.int32), flag=torch.zeros((), dtype=torch.int32),
-        score=torch.zeros(2), max_skips=1,
+        score=torch.zeros(2), ticket=torch.zeros((), dtype=torch.int32), max_skips=1,
     )
     # scores: 1*5 + 0.1*10 = 6 and 0.5*1 + 0.2*10 = 2.5; threshold 3*sqrt(4) = 6 -> both ok -> skip
     sk.decide(**args)
     assert args["score"].tolist() == [6.0, 2.5]
     assert int(args["flag"]) == 0 and int(args["skips"]) == 1
     assert torch.equal(args["x_ref"], torch.zeros(2, 4)) and args["t_ref"].tolist() == [100.0, 100.0]
-    # same input again: K=1 reached -> compute, state refreshed from x, t, jx_now, jt_now
+    # same input again: K=1 reached -> compute, state refreshed from t, jx_now, jt_now; x_ref is commit's job
     sk.decide(**args)
     assert int(args["flag"]) == sk.COMPUTE and int(args["skips"]) == 0
-    assert torch.equal(args["x_ref"], args["x"]) and args["t_ref"].tolist() == [90.0, 90.0]
+    assert torch.equal(args["x_ref"], torch.zeros(2, 4)) and args["t_ref"].tolist() == [90.0, 90.0]
+    sk.commit(args["flag"], args["x"], None, args["x_ref"])
+    assert torch.equal(args["x_ref"], args["x"])
     assert args["jx_ref"].tolist() == [7.0, 7.0] and args["jt_ref"].tolist() == [9.0, 9.0]
     # one sample over the threshold -> the batch computes
     args.update(x=args["x"] + torch.tensor([[0.0], [1.0]]), t=torch.tensor([90.0, 90.0]))
     sk.decide(**args)  # sample 1 drift 2 -> 7*2 = 14 > 6
     assert int(args["flag"]) == sk.COMPUTE
+    sk.commit(args["flag"], args["x"], None, args["x_ref"])
     # forced step computes even with zero drift
     args.update(force=torch.tensor(True))
     sk.decide(**args)
@@ -122,6 +127,7 @@ def test_eps_zero_never_skips_moving_latent(gen):
         (dict(eps=torch.zeros(2)), "eps must"),
         (dict(force=torch.tensor(1)), "force must"),
         (dict(skips=torch.zeros((), dtype=torch.int64)), "skips must"),
+        (dict(ticket=torch.zeros(2, dtype=torch.int32)), "ticket must"),
         (dict(max_skips=-1), "max_skips"),
         (dict(x=torch.zeros(2, 8, dtype=torch.int32), x_ref=torch.zeros(2, 8, dtype=torch.int32)), "x must be"),
     ],
@@ -162,9 +168,10 @@ def test_compile_fullgraph_no_graph_break(gen):
     x = torch.randn(2, 40, generator=gen)
     a = make_args(x, gen)
 
-    def step(x, t, jx, jt, eps, force, x_ref, t_ref, jx_ref, jt_ref, skips, flag, score):
+    def step(x, t, jx, jt, eps, force, x_ref, t_ref, jx_ref, jt_ref, skips, flag, score, ticket):
         d = sk.delta_norm(x, x_ref)
-        sk.decide(x, t, jx, jt, eps, force, x_ref, t_ref, jx_ref, jt_ref, skips, flag, score, 2)
+        sk.decide(x, t, jx, jt, eps, force, x_ref, t_ref, jx_ref, jt_ref, skips, flag, score, ticket, 2)
+        sk.commit(flag, x, None, x_ref)
         return d * 2
 
     args = tuple(v for k, v in a.items() if k != "max_skips")
@@ -199,6 +206,7 @@ def test_reference_fallback_without_extension():
         "a = make_args(torch.randn(2, 9, generator=g), g)\n"
         "torch.library.opcheck(torch.ops.sencache.decide.default, tuple(a.values()))\n"
         "torch.library.opcheck(torch.ops.sencache.delta_norm.default, (a['x'], a['x_ref']))\n"
+        "torch.library.opcheck(torch.ops.sencache.commit.default, (a['flag'] + 1, a['x'], a['x_ref'], a['x'] * 0))\n"
         "sk.decide(**a); print(int(a['flag']), a['score'].tolist())\n"
     )
     env = {**os.environ, "SENCACHE_DISABLE_EXTENSION": "1"}
@@ -218,8 +226,180 @@ def test_threshold_scales_with_sqrt_numel():
         a = dict(x=x, t=torch.tensor([1.0]), jx_now=torch.ones(1), jt_now=torch.zeros(1), eps=torch.tensor(0.1001),
                  force=torch.tensor(False), x_ref=torch.zeros(1, n), t_ref=torch.tensor([1.0]), jx_ref=torch.ones(1),
                  jt_ref=torch.zeros(1), skips=torch.zeros((), dtype=torch.int32),
-                 flag=torch.zeros((), dtype=torch.int32), score=torch.zeros(1), max_skips=3)
+                 flag=torch.zeros((), dtype=torch.int32), score=torch.zeros(1),
+                 ticket=torch.zeros((), dtype=torch.int32), max_skips=3)
         sk.decide(**a)
         assert int(a["flag"]) == 0, n
         # float32 accumulation of n terms: relative error bounded by about n * 2**-24
         assert math.isclose(float(a["score"]), 0.1 * math.sqrt(n), rel_tol=n * 2.0**-24)
+
+
+# ------------------------------------------------------------------------------------------------ fused Triton kernel
+# On a GPU these run natively; without one, through the Triton interpreter on the CPU (small sizes).
+from tests.conftest import DEVICE, requires_cuda  # noqa: E402
+
+# Drift norms in float32 against float64: at most ~100 sequential float32 additions per element path (loop over
+# blocks, block tree, chunk partials), so a relative error well under 100 * 2**-24 = 6e-6 of the sum of squares.
+NORM_RTOL = 1e-5
+
+
+def to_device(args):
+    return {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+def norm_args(x, x_ref):
+    """Arguments whose score is exactly the drift norm (jx_ref = 1, jt_ref = 0, t = t_ref)."""
+    b = x.shape[0]
+    a = make_args(x.cpu(), torch.Generator().manual_seed(0))
+    a.update(x=x, x_ref=x_ref, jx_ref=torch.ones(b), jt_ref=torch.zeros(b), t=torch.full((b,), 7.0),
+             t_ref=torch.full((b,), 7.0))
+    return to_device(a)
+
+
+def norm64(x, x_ref):
+    return torch.linalg.vector_norm((x.double() - x_ref.double()).reshape(x.shape[0], -1), dim=1).float()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 2, 4])
+@pytest.mark.parametrize("per_sample", [1, 7, 1023, 4097])
+def test_triton_norm_against_float64(dtype, batch, per_sample, gen):
+    x = torch.randn(batch, per_sample, generator=gen).to(dtype).to(DEVICE)
+    x_ref = torch.randn(batch, per_sample, generator=gen).to(dtype).to(DEVICE)
+    a = norm_args(x, x_ref)
+    sk.decide_triton(**a, block=256, max_chunks=3)  # several programs per sample: the ticketed reduction
+    torch.testing.assert_close(a["score"].cpu(), norm64(x, x_ref).cpu(), rtol=NORM_RTOL, atol=0)
+    assert int(a["ticket"]) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_triton_norm_one_million_per_sample(dtype, batch, gen):
+    n = 1 << 20
+    x = torch.randn(batch, n, generator=gen).to(dtype).to(DEVICE)
+    x_ref = (x.float().cpu() + 0.01 * torch.randn(batch, n, generator=gen)).to(dtype).to(DEVICE)
+    a = norm_args(x, x_ref)
+    sk.decide_triton(**a)
+    torch.testing.assert_close(a["score"].cpu(), norm64(x, x_ref).cpu(), rtol=NORM_RTOL, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["batch_strided", "permuted", "ref_strided"])
+def test_triton_non_contiguous_inputs(layout, gen):
+    base = torch.randn(4, 3, 5, 33, generator=gen).to(DEVICE)
+    ref = torch.randn(4, 3, 5, 33, generator=gen).to(DEVICE)
+    if layout == "batch_strided":  # a view: strided batch, contiguous samples
+        x, x_ref = base[::2], ref[:2].contiguous()
+    elif layout == "permuted":  # not viewable as [B, n]: the launcher copies
+        x, x_ref = base.permute(0, 3, 1, 2)[:2], ref.permute(0, 3, 1, 2)[:2].contiguous()
+    else:
+        x, x_ref = base[:2].contiguous(), ref.transpose(2, 3)[:2].contiguous().transpose(2, 3)
+    assert not (x.is_contiguous() and x_ref.is_contiguous())
+    a = norm_args(x, x_ref)
+    sk.decide_triton(**a, block=128, max_chunks=4)
+    torch.testing.assert_close(a["score"].cpu(), norm64(x, x_ref).cpu(), rtol=NORM_RTOL, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch, per_sample", [(1, 7), (3, 1023), (4, 4097)])
+def test_triton_trajectory_equals_reference_policy(dtype, batch, per_sample, gen):
+    """A whole synthetic trajectory: the fused kernel takes exactly the reference's decisions and state updates.
+
+    Scores stay far from the threshold (checked), so float32 summation order cannot flip a decision."""
+    x = torch.randn(batch, per_sample, generator=gen).to(dtype)
+    ref = make_args(x, gen, eps=0.02, force=True, max_skips=2)
+    tri = to_device(clone(ref))
+    n = per_sample
+    decisions = []
+    t = 1000.0
+    for step in range(14):
+        t -= 37.5
+        step_scale = 0.2 if step % 4 == 0 else 1e-4  # a jump every 4 steps, tiny moves in between
+        x = (x.float() + step_scale * torch.randn(x.shape, generator=gen)).to(dtype)
+        tt = torch.full((batch,), t)
+        jx = torch.rand(batch, generator=gen) + 0.5
+        jt = torch.rand(batch, generator=gen) * 1e-6
+        force = torch.tensor(step == 0)
+        ref.update(x=x, t=tt, jx_now=jx, jt_now=jt, force=force)
+        tri.update(to_device(dict(x=x, t=tt, jx_now=jx, jt_now=jt, force=force)))
+        sk.decide_ref(**ref)
+        sk.decide_triton(**tri, block=256, max_chunks=4)
+        thr = 0.02 * math.sqrt(n)
+        margin = (ref["score"] - thr).abs().min().item()
+        assert step == 0 or margin > 1e-3 * thr, f"step {step}: a score within 0.1% of the threshold"
+        for k in ("flag", "skips", "t_ref", "jx_ref", "jt_ref", "ticket"):
+            assert torch.equal(tri[k].cpu(), ref[k]), (step, k)
+        torch.testing.assert_close(tri["score"].cpu(), ref["score"], rtol=NORM_RTOL, atol=1e-6)
+        sk.commit_ref(ref["flag"], x, None, ref["x_ref"])
+        sk.commit(tri["flag"], tri["x"], None, tri["x_ref"])
+        assert torch.equal(tri["x_ref"].cpu(), ref["x_ref"])
+        decisions.append(int(ref["flag"]) & sk.COMPUTE)
+    assert 0 in decisions and 1 in decisions[1:], decisions  # the trajectory exercises both outcomes
+
+
+def test_triton_nonfinite_and_forced(gen):
+    x = torch.randn(2, 100, generator=gen)
+    a = to_device(make_args(x, gen, eps=1e9))
+    a["x"] = a["x"].clone()
+    a["x"][1, 3] = float("nan")
+    sk.decide_triton(**a)
+    assert int(a["flag"]) == sk.COMPUTE | sk.NONFINITE and int(a["skips"]) == 0
+    b = to_device(make_args(x, gen, eps=1e9))
+    sk.decide_triton(**b)
+    assert int(b["flag"]) == 0 and int(b["skips"]) == 1  # huge tolerance: skip
+    b["force"] = torch.tensor(True, device=DEVICE)
+    sk.decide_triton(**b)
+    assert int(b["flag"]) == sk.COMPUTE and int(b["skips"]) == 0
+
+
+def test_triton_deterministic_over_100_launches(gen):
+    """Identical inputs give identical bits on every launch, whatever order the programs arrive in."""
+    # Natively: a Wan-480p-sized latent and the default launch (hundreds of programs racing for the ticket).
+    x = torch.randn(2, 1 << 21, generator=gen) if DEVICE == "cuda" else torch.randn(2, 4097, generator=gen)
+    launch = {} if DEVICE == "cuda" else dict(block=1024, max_chunks=5)
+    first = None
+    for _ in range(100):
+        a = to_device(make_args(x, torch.Generator().manual_seed(5), eps=0.05))
+        sk.decide_triton(**a, **launch)
+        got = tuple(a[k].cpu() for k in ("score", "flag", "skips", "t_ref", "jx_ref", "jt_ref", "ticket"))
+        if first is None:
+            first = got
+        assert all(torch.equal(u, v) for u, v in zip(got, first, strict=True))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decide_cuda_dispatches_to_triton_and_passes_opcheck(dtype, gen):
+    a = to_device(make_args(torch.randn(2, 5000, generator=gen).to(dtype), gen))
+    torch.library.opcheck(torch.ops.sencache.decide.default, tuple(a.values()))
+    b = clone(a)
+    sk.decide(**a)
+    sk.decide_triton(**b)
+    for k in STATE:
+        assert torch.equal(a[k], b[k]), k
+
+
+@requires_cuda
+def test_cuda_graph_replays_are_safe(gen):
+    """The counter is reset inside the kernel, so replaying a captured decision gives the eager results."""
+    x = torch.randn(2, 70000, generator=gen).cuda()
+    st = sk.DecisionState(x)
+    st.set_inputs(0.05, False)
+    t = torch.full((2,), 500.0, device="cuda")
+    j = torch.ones(2, device="cuda")
+    st.step(x, t, j, j, 3)
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        st.step(x, t, j, j, 3)  # warm-up on the side stream
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g):
+        st.step(x, t, j, j, 3)
+    eager = sk.DecisionState(x)
+    eager.load_state_dict(st.state_dict())
+    for _ in range(6):  # skips accumulate up to K=3, then a computed step: both outcomes replayed
+        g.replay()
+        eager.step(x, t, j, j, 3)
+        for name, buf in st.named_buffers():
+            assert torch.equal(buf, eager.get_buffer(name)), name
+    assert int(st.ticket) == 0

@@ -5,7 +5,7 @@
 //   ok[b]    = isfinite(score[b]) && score[b] <= eps * sqrtf((float)n)  (float32)
 //   skip     = all(ok) && skips < max_skips && !force;   compute = !skip
 //   flag     = COMPUTE * compute + NONFINITE * any(!isfinite(d))
-//   compute: t_ref <- t, jx_ref <- jx_now, jt_ref <- jt_now, skips <- 0 (the caller copies x into x_ref)
+//   compute: t_ref <- t, jx_ref <- jx_now, jt_ref <- jt_now, skips <- 0 (x_ref is copied by sencache::commit)
 //   skip:    skips <- skips + 1
 //
 // Host builds must not contract `a * b + c` into an FMA (the reference rounds the product): the build passes
@@ -87,7 +87,7 @@ SENCACHE_HD inline float decide_threshold(float eps, int64_t n) {
 // Inputs:  d[B] per-sample drift ||x - x_ref||_2 (float32), t[B], jx_now[B], jt_now[B], eps, force,
 //          n (elements per sample), max_skips.
 // In/out:  t_ref[B], jx_ref[B], jt_ref[B], *skips (updated), score[B], *flag (written).
-// Returns: true when the step is computed; the caller must then copy x into x_ref.
+// Returns: true when the step is computed (the compute branch then commits x into x_ref).
 //
 // All scores are read before any reference is updated, so t/t_ref (or jx_now/jx_ref) may alias.
 SENCACHE_HD inline bool decide_step(int64_t B, const float* d, const float* t, float* t_ref, float* jx_ref,

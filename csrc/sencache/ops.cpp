@@ -1,12 +1,14 @@
 // The sencache decision-state ops: schemas (TORCH_LIBRARY), CPU and Meta implementations.
-// Semantics: sencache_kernels/delta_norm.py and sencache_kernels/decide.py (the references), bit for bit on CPU.
-// A CUDA implementation goes in a .cu file of its own with TORCH_LIBRARY_IMPL(sencache, CUDA, m), reusing the
-// checks declared in ops.h and the raw-pointer decision in decide.h.
+// Semantics: sencache_kernels/{delta_norm,decide,commit}.py (the references), bit for bit on CPU.
+// CUDA implementations live in .cu files of their own (commit.cu, conditional.cu) with
+// TORCH_LIBRARY_IMPL(sencache, CUDA, m), reusing the checks declared in ops.h. decide's CUDA kernel is the fused
+// Triton kernel, registered from Python (sencache_kernels/ops.py).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <cstdint>
 #include <limits>
+#include <optional>
 
 #include "sencache/decide.h"
 #include "sencache/ops.h"
@@ -99,7 +101,8 @@ void check_delta_norm_args(const at::Tensor& x, const at::Tensor& x_ref) {
 void check_decide_args(const at::Tensor& x, const at::Tensor& t, const at::Tensor& jx_now, const at::Tensor& jt_now,
                        const at::Tensor& eps, const at::Tensor& force, const at::Tensor& x_ref,
                        const at::Tensor& t_ref, const at::Tensor& jx_ref, const at::Tensor& jt_ref,
-                       const at::Tensor& skips, const at::Tensor& flag, const at::Tensor& score, int64_t max_skips) {
+                       const at::Tensor& skips, const at::Tensor& flag, const at::Tensor& score,
+                       const at::Tensor& ticket, int64_t max_skips) {
   constexpr const char* op = "sencache::decide";
   check_latents(op, x, x_ref);
   check_per_sample(op, "t", t, x);
@@ -114,10 +117,44 @@ void check_decide_args(const at::Tensor& x, const at::Tensor& t, const at::Tenso
   check_scalar(op, "skips", skips, at::kInt, "allocate it with torch.zeros((), dtype=torch.int32, device=x.device)",
                x);
   check_scalar(op, "flag", flag, at::kInt, "allocate it with torch.zeros((), dtype=torch.int32, device=x.device)", x);
+  check_scalar(op, "ticket", ticket, at::kInt,
+               "allocate it once with torch.zeros((), dtype=torch.int32, device=x.device) and keep it", x);
   // The upper bound keeps the cap comparable with the int32 counter (torch would wrap a larger Python int).
   TORCH_CHECK_VALUE(max_skips >= 0 && max_skips <= std::numeric_limits<int32_t>::max(), op,
                     ": max_skips must be in [0, 2147483647] (0 disables skipping; skips is an int32 counter), got ",
                     max_skips);
+}
+
+void check_commit_args(const at::Tensor& flag, const at::Tensor& src, const std::optional<at::Tensor>& base,
+                       const at::Tensor& dst) {
+  constexpr const char* op = "sencache::commit";
+  check_defined(op, "src", src);
+  check_defined(op, "dst", dst);
+  TORCH_CHECK_VALUE(is_latent_dtype(src.scalar_type()), op,
+                    ": src must be torch.float32, torch.float16, torch.bfloat16 or torch.float64, got ",
+                    dtype_name(src.scalar_type()));
+  TORCH_CHECK_VALUE(dst.scalar_type() == src.scalar_type() && dst.sym_sizes() == src.sym_sizes(), op,
+                    ": dst must have src's shape ", src.sym_sizes(), " and dtype ", dtype_name(src.scalar_type()),
+                    ", got ", dst.sym_sizes(), " ", dtype_name(dst.scalar_type()),
+                    "; allocate it with torch.empty_like(src)");
+  check_same_device(op, "dst", dst, src);
+  if (base.has_value()) {
+    check_defined(op, "base", *base);
+    TORCH_CHECK_VALUE(base->scalar_type() == src.scalar_type() && base->sym_sizes() == src.sym_sizes(), op,
+                      ": base must have src's shape ", src.sym_sizes(), " and dtype ", dtype_name(src.scalar_type()),
+                      ", got ", base->sym_sizes(), " ", dtype_name(base->scalar_type()));
+    check_same_device(op, "base", *base, src);
+  }
+  check_scalar(op, "flag", flag, at::kInt, "pass the flag written by sencache::decide", src);
+}
+
+void check_set_conditional_args(const at::Tensor& flag, int64_t handle) {
+  constexpr const char* op = "sencache::set_conditional";
+  check_defined(op, "flag", flag);
+  TORCH_CHECK_VALUE(flag.scalar_type() == at::kInt && flag.sym_numel() == 1, op,
+                    ": flag must be a one-element torch.int32 tensor (the flag written by sencache::decide), got ",
+                    dtype_name(flag.scalar_type()), " of shape ", flag.sym_sizes());
+  TORCH_CHECK_VALUE(handle != 0, op, ": handle is 0; pass a handle made by cudaGraphConditionalHandleCreate");
 }
 
 at::Tensor delta_norm_aten(const at::Tensor& x, const at::Tensor& x_ref) {
@@ -154,8 +191,9 @@ at::Tensor delta_norm_meta(const at::Tensor& x, const at::Tensor& x_ref) {
 void decide_cpu(const at::Tensor& x, const at::Tensor& t, const at::Tensor& jx_now, const at::Tensor& jt_now,
                 const at::Tensor& eps, const at::Tensor& force, const at::Tensor& x_ref, const at::Tensor& t_ref,
                 const at::Tensor& jx_ref, const at::Tensor& jt_ref, const at::Tensor& skips, const at::Tensor& flag,
-                const at::Tensor& score, int64_t max_skips) {
-  check_decide_args(x, t, jx_now, jt_now, eps, force, x_ref, t_ref, jx_ref, jt_ref, skips, flag, score, max_skips);
+                const at::Tensor& score, const at::Tensor& ticket, int64_t max_skips) {
+  check_decide_args(x, t, jx_now, jt_now, eps, force, x_ref, t_ref, jx_ref, jt_ref, skips, flag, score, ticket,
+                    max_skips);
   const int64_t B = x.size(0);
   const int64_t n = x.numel() / B;
   const at::Tensor d = delta_norm_aten(x, x_ref).contiguous();
@@ -166,7 +204,7 @@ void decide_cpu(const at::Tensor& x, const at::Tensor& t, const at::Tensor& jx_n
   // One-element tensors: data_ptr points at their only element whatever their strides.
   const float eps_v = *eps.data_ptr<float>();
   const bool force_v = *force.data_ptr<bool>();
-  const bool computed = decide_step(B, d.data_ptr<float>(), t_c.data_ptr<float>(), t_ref_c.data(), jx_ref_c.data(),
+  decide_step(B, d.data_ptr<float>(), t_c.data_ptr<float>(), t_ref_c.data(), jx_ref_c.data(),
                                     jt_ref_c.data(), jx_now_c.data_ptr<float>(), jt_now_c.data_ptr<float>(), eps_v,
                                     force_v, skips.data_ptr<int32_t>(), n, max_skips, score_c.data(),
                                     flag.data_ptr<int32_t>());
@@ -174,17 +212,41 @@ void decide_cpu(const at::Tensor& x, const at::Tensor& t, const at::Tensor& jx_n
   jx_ref_c.write_back();
   jt_ref_c.write_back();
   score_c.write_back();
-  if (computed) {
-    x_ref.copy_(x);
-  }
 }
 
 void decide_meta(const at::Tensor& x, const at::Tensor& t, const at::Tensor& jx_now, const at::Tensor& jt_now,
                  const at::Tensor& eps, const at::Tensor& force, const at::Tensor& x_ref, const at::Tensor& t_ref,
                  const at::Tensor& jx_ref, const at::Tensor& jt_ref, const at::Tensor& skips, const at::Tensor& flag,
-                 const at::Tensor& score, int64_t max_skips) {
-  check_decide_args(x, t, jx_now, jt_now, eps, force, x_ref, t_ref, jx_ref, jt_ref, skips, flag, score, max_skips);
+                 const at::Tensor& score, const at::Tensor& ticket, int64_t max_skips) {
+  check_decide_args(x, t, jx_now, jt_now, eps, force, x_ref, t_ref, jx_ref, jt_ref, skips, flag, score, ticket,
+                    max_skips);
 }
+
+void commit_cpu(const at::Tensor& flag, const at::Tensor& src, const std::optional<at::Tensor>& base,
+                const at::Tensor& dst) {
+  check_commit_args(flag, src, base, dst);
+  if ((*flag.data_ptr<int32_t>() & COMPUTE) == 0) {
+    return;
+  }
+  if (base.has_value()) {
+    at::sub_out(const_cast<at::Tensor&>(dst), src, *base);  // the reference's src - base, written in place
+  } else {
+    dst.copy_(src);
+  }
+}
+
+void commit_meta(const at::Tensor& flag, const at::Tensor& src, const std::optional<at::Tensor>& base,
+                 const at::Tensor& dst) {
+  check_commit_args(flag, src, base, dst);
+}
+
+void set_conditional_cpu(const at::Tensor& flag, int64_t handle) {
+  check_set_conditional_args(flag, handle);
+  TORCH_CHECK_VALUE(false, "sencache::set_conditional: flag is on the CPU; conditional handles belong to CUDA graphs, "
+                    "so pass the CUDA flag of a state that lives on the GPU");
+}
+
+void set_conditional_meta(const at::Tensor& flag, int64_t handle) { check_set_conditional_args(flag, handle); }
 
 }  // namespace
 }  // namespace sencache
@@ -193,17 +255,23 @@ void decide_meta(const at::Tensor& x, const at::Tensor& t, const at::Tensor& jx_
 TORCH_LIBRARY(sencache, m) {
   m.def("delta_norm(Tensor x, Tensor x_ref) -> Tensor");
   m.def(
-      "decide(Tensor x, Tensor t, Tensor jx_now, Tensor jt_now, Tensor eps, Tensor force, Tensor(a!) x_ref, "
-      "Tensor(b!) t_ref, Tensor(c!) jx_ref, Tensor(d!) jt_ref, Tensor(e!) skips, Tensor(f!) flag, "
-      "Tensor(g!) score, int max_skips) -> ()");
+      "decide(Tensor x, Tensor t, Tensor jx_now, Tensor jt_now, Tensor eps, Tensor force, Tensor x_ref, "
+      "Tensor(a!) t_ref, Tensor(b!) jx_ref, Tensor(c!) jt_ref, Tensor(d!) skips, Tensor(e!) flag, "
+      "Tensor(f!) score, Tensor(g!) ticket, int max_skips) -> ()");
+  m.def("commit(Tensor flag, Tensor src, Tensor? base, Tensor(a!) dst) -> ()");
+  m.def("set_conditional(Tensor flag, int handle) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(sencache, CPU, m) {
   m.impl("delta_norm", &sencache::delta_norm_cpu);
   m.impl("decide", &sencache::decide_cpu);
+  m.impl("commit", &sencache::commit_cpu);
+  m.impl("set_conditional", &sencache::set_conditional_cpu);
 }
 
 TORCH_LIBRARY_IMPL(sencache, Meta, m) {
   m.impl("delta_norm", &sencache::delta_norm_meta);
   m.impl("decide", &sencache::decide_meta);
+  m.impl("commit", &sencache::commit_meta);
+  m.impl("set_conditional", &sencache::set_conditional_meta);
 }
