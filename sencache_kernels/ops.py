@@ -193,5 +193,7 @@ def decide(
 
 
 def commit(flag: torch.Tensor, src: torch.Tensor, base: torch.Tensor | None, dst: torch.Tensor) -> None:
-    """``dst <- src - base`` (or ``src``) when ``flag`` says compute (``torch.ops.sencache.commit``); see ``commit_ref``."""
+    """``dst <- src - base`` (or ``src``) when ``flag`` says compute (``torch.ops.sencache.commit``).
+
+    See ``commit_ref``."""
     torch.ops.sencache.commit(flag, src, base, dst)

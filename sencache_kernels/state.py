@@ -44,7 +44,9 @@ class DecisionState(torch.nn.Module):
         self.eps.fill_(eps)
         self.force.fill_(force)
 
-    def step(self, x: torch.Tensor, t: torch.Tensor, jx_now: torch.Tensor, jt_now: torch.Tensor, max_skips: int) -> None:
+    def step(
+        self, x: torch.Tensor, t: torch.Tensor, jx_now: torch.Tensor, jt_now: torch.Tensor, max_skips: int
+    ) -> None:
         """The fused decision for latent ``x`` at per-sample timesteps ``t`` (float32 ``[B]``), then the reference
         update of a computed step (``commit``); no host sync, traceable by ``torch.compile``."""
         decide(x, t, jx_now, jt_now, self.eps, self.force, self.x_ref, self.t_ref, self.jx_ref, self.jt_ref,
