@@ -1,17 +1,28 @@
 """The diffusers integration: a decision hook on the transformer and pass-through hooks on its blocks.
 
-Data flow of one step (eager mode): the transformer hook takes the decision on the deciding context's call (the
-first context of a pipeline call, e.g. Wan's "cond"), reading one flag on the host; the other contexts (Wan's
-"uncond") follow it. The blocks then either run, the head recording ``blocks_in`` and the tail storing
-``blocks_out - blocks_in`` as the context's residual, or pass their inputs through, the head adding the cached
-residual. Everything outside the block stack runs at the new timestep every step.
+The transformer hook takes the decision on the deciding context's call (the first context of a pipeline call, e.g.
+Wan's "cond"); the other contexts (Wan's "uncond") follow it. Everything outside the block stack runs at the new
+timestep every step. Two execution modes:
+
+- ``"eager"``: the fused decision runs on the device and the hook reads its flag once on the host. The blocks then
+  either run, the head recording ``blocks_in`` and the tail storing ``blocks_out - blocks_in`` as the context's
+  residual, or pass their inputs through, the head adding the cached residual.
+- ``"compiled"``: the decision, the reference update and the transformer's forward are one
+  ``torch.compile(fullgraph=True)`` graph with no host read. The head block runs the whole stack under
+  ``torch.cond`` on the device flag (compute: every block; skip: ``blocks_in + residual``), ``sencache::commit``
+  stores the new residual only on computed steps, and the other blocks pass through. Residuals and the decision state
+  live in buffers with static addresses (``mark_static_address``), kept across pipeline calls, so that CUDA-graph
+  trees (``mode="reduce-overhead"``) keep the graph. The bookkeeping that cannot be on the device (step counting,
+  start of a call, the step's tolerance and forcing) stays in Python outside the graph and reaches it as tensors.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import types
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,7 +31,7 @@ from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManag
 from sencache.adapters import Adapter, get_adapter
 from sencache.config import SenCacheConfig
 from sencache.stats import CallStats, StatsRecorder
-from sencache_kernels import COMPUTE, NONFINITE, DecisionState
+from sencache_kernels import COMPUTE, NONFINITE, DecisionState, commit
 
 try:  # diffusers >= 0.42 passes a CacheContext; older releases pass the context name
     from diffusers.hooks.hooks import CacheContext
@@ -30,6 +41,7 @@ except ImportError:  # pragma: no cover - depends on the installed diffusers
 _HOOK = "sencache"
 _BLOCK_HOOK = "sencache_block"
 _MAX_HISTORY = 64
+MODES = ("eager", "compiled")
 
 
 def _arg_position(fn: Any, name: str) -> int | None:
@@ -72,6 +84,39 @@ class _ContextState(BaseState):
         self.residual: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
 
+class _DeviceSlot:
+    """Compiled mode: one context's residual buffers, kept across pipeline calls (static addresses)."""
+
+    def __init__(self) -> None:
+        self.residual: tuple[torch.Tensor, ...] | None = None
+        self.epoch = -1  # the pipeline call whose residual the buffers hold
+        self.must_compute = True  # no valid residual for this call yet: run the stack without a cond
+        self.pending: tuple[torch.Tensor, ...] | None = None  # residual produced by such a run, adopted after it
+
+    def adopt(self) -> None:
+        """Move a pending residual into the persistent buffers (reallocated, static, when the shapes changed)."""
+        new, self.pending = self.pending, None
+        old = self.residual
+        if old is not None and all(o.shape == n.shape and o.dtype == n.dtype and o.device == n.device
+                                   for o, n in zip(old, new, strict=True)) and len(old) == len(new):
+            for o, n in zip(old, new, strict=True):
+                o.copy_(n)
+            return
+        self.residual = tuple(n.clone() for n in new)
+        for r in self.residual:
+            torch._dynamo.mark_static_address(r)
+
+
+@dataclass
+class _Active:
+    """What the block hooks do during the transformer's forward: ``compute`` True/False (eager), or None (compiled:
+    decided on the device, residuals in ``slot``)."""
+
+    compute: bool | None
+    cs: _ContextState | None = None
+    slot: _DeviceSlot | None = None
+
+
 class _Shared:
     """State shared by all contexts of one transformer: the decision, its device state, the call's statistics."""
 
@@ -79,7 +124,9 @@ class _Shared:
         self.epoch = 0
         self.state: DecisionState | None = None
         self.history: list[StatsRecorder] = []
-        self.active: tuple[bool, _ContextState] | None = None
+        self.active: _Active | None = None
+        self.block_forwards: list[Any] = []  # the blocks' forwards below our hooks (compiled mode runs them)
+        self.slots: dict[str, _DeviceSlot] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -106,11 +153,17 @@ class SenCacheHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, config: SenCacheConfig, adapter: Adapter, scheduler: Any | None) -> None:
+    def __init__(self, config: SenCacheConfig, adapter: Adapter, scheduler: Any | None, mode: str = "eager",
+                 compile_options: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.config = config
         self.adapter = adapter
         self.scheduler = scheduler
+        self.mode = mode
+        # dynamic=False: one static graph per latent shape. With automatic dynamic shapes, a recompilation turns
+        # module float attributes such as RMSNorm eps into symbols, which torch.cond cannot guard on.
+        self._compile_options = {"dynamic": False, **(compile_options or {})}
+        self._compiled: dict[tuple, Any] = {}
         self.state_manager = StateManager(_ContextState)
         self.shared = _Shared()
         self.force_first = max(1, adapter.force_first_steps if config.force_first_steps is None
@@ -147,20 +200,71 @@ class SenCacheHook(ModelHook):
                              f"`{self.adapter.timestep_arg}`")
         sh = self.shared
         name = ctx[0]
+        step_inputs = None
         if sh.leader is None or name == sh.leader:
-            self._decide(ctx, x, t)
+            step_inputs = self._start_step(ctx, x, t)
+        if self.mode == "compiled":
+            return self._forward_compiled(name, step_inputs, args, kwargs)
+        if step_inputs is not None:
+            self._decide_eager(x, *step_inputs)
         cs: _ContextState = self.state_manager.get_state()
         if cs.epoch != sh.epoch:
             cs.reset()
             cs.epoch = sh.epoch
         compute = sh.compute or cs.residual is None or cs.residual[0].shape[0] != x.shape[0]
         if compute and sh.recorder is not None:
-            sh.recorder.block_stack_calls += 1
-        sh.active = (compute, cs)
+            sh.recorder.count_stack_call(True)
+        sh.active = _Active(compute, cs=cs)
         try:
             return self.fn_ref.original_forward(*args, **kwargs)
         finally:
             sh.active = None
+
+    def _forward_compiled(self, name: str, step_inputs: tuple | None, args: tuple, kwargs: dict) -> Any:
+        sh = self.shared
+        slot = sh.slots.setdefault(name, _DeviceSlot())
+        slot.must_compute = slot.residual is None or slot.epoch != sh.epoch
+        decide_inputs = None
+        if step_inputs is not None:
+            tb, eps, forced = step_inputs
+            jx_now, jt_now = self.config.profile.lookup(tb, self.config.interpolation)
+            sh.state.set_inputs(eps, forced)
+            decide_inputs = (tb, jx_now, jt_now)
+        sh.active = _Active(None, slot=slot)
+        try:
+            out = self.compiled_step(sh.signature)(decide_inputs, args, kwargs)
+        finally:
+            sh.active = None
+        if slot.pending is not None:
+            slot.adopt()
+        slot.epoch = sh.epoch
+        if sh.recorder is not None:
+            if step_inputs is not None:
+                sh.recorder.record(tb, sh.state.score, self._threshold(eps), forced, sh.state.flag)
+            sh.recorder.count_stack_call(True if slot.must_compute else sh.state.flag)
+        return out
+
+    def compiled_step(self, signature: tuple) -> Any:
+        """The compiled step for one latent signature (shape, dtype, device, steps), compiled on first use.
+
+        Each signature gets its own copy of ``_traced``'s code object, so torch.compile's cache (8 entries per code
+        object) holds only that signature's variants (deciding or following context; first step of a call or not)
+        and any number of resolutions, pipelines and applications stay within it.
+        """
+        fn = self._compiled.get(signature)
+        if fn is None:
+            f = SenCacheHook._traced
+            copy = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+            fn = torch.compile(types.MethodType(copy, self), fullgraph=True, **self._compile_options)
+            self._compiled[signature] = fn
+        return fn
+
+    def _traced(self, decide_inputs: tuple | None, args: tuple, kwargs: dict) -> Any:
+        """The compiled step: decision and reference update (deciding context only), then the forward."""
+        if decide_inputs is not None:
+            x = _get_arg(args, kwargs, self.adapter.latent_arg, self._latent_pos)
+            self.shared.state.step(x, *decide_inputs, self.config.max_consecutive_skips)
+        return self.fn_ref.original_forward(*args, **kwargs)
 
     def _num_steps(self, ctx_steps: int | None) -> int:
         if ctx_steps:
@@ -173,7 +277,9 @@ class SenCacheHook(ModelHook):
         raise ValueError("SenCache does not know the number of denoising steps: apply it to the pipeline "
                          "(sencache.apply_sencache(pipe, config)) or set SenCacheConfig(num_inference_steps=...)")
 
-    def _decide(self, ctx: tuple[str, int | None, int | None], x: torch.Tensor, t: Any) -> None:
+    def _start_step(self, ctx: tuple[str, int | None, int | None], x: torch.Tensor, t: Any) -> tuple:
+        """Host bookkeeping of the deciding context's call: a new pipeline call?, the step index, the state for
+        this latent, the step's tolerance and forcing. Returns ``(t per sample, eps, forced)``."""
         sh = self.shared
         name, step_index, ctx_steps = ctx
         tb = self._per_sample_timestep(t, x)  # validates before any state changes
@@ -191,13 +297,23 @@ class SenCacheHook(ModelHook):
             sh.start_call(name, signature, num_steps, timesteps_obj)
         step = sh.step + 1 if step_index is None else int(step_index)
         sh.step = step
-
         if sh.state is None or not sh.state.matches(x):
             sh.state = DecisionState(x)
+            if self.mode == "compiled":
+                for buf in sh.state.buffers():
+                    torch._dynamo.mark_static_address(buf)
+        eps = self.config.tolerance(step, num_steps)
+        forced = step < self.force_first or step >= num_steps - self.force_last
+        return tb, eps, forced
+
+    def _threshold(self, eps: float) -> float:
+        """``eps * sqrt(elements per sample)`` of the current call's latent, as the decision computes it."""
+        return eps * math.sqrt(math.prod(self.shared.signature[0][1:]))
+
+    def _decide_eager(self, x: torch.Tensor, tb: torch.Tensor, eps: float, forced: bool) -> None:
+        sh = self.shared
         cfg = self.config
         jx_now, jt_now = cfg.profile.lookup(tb, cfg.interpolation)
-        eps = cfg.tolerance(step, num_steps)
-        forced = step < self.force_first or step >= num_steps - self.force_last
         sh.state.decide(x, tb, jx_now, jt_now, eps, forced, cfg.max_consecutive_skips)
         flag = sh.state.read_flag()  # the one host read of an eager step
         if flag & NONFINITE and not sh.warned_nonfinite:
@@ -205,8 +321,7 @@ class SenCacheHook(ModelHook):
             warnings.warn("SenCache: the latent contains NaN or Inf; such steps are always computed, never skipped. "
                           "Check the inputs and the model's dtype.", RuntimeWarning, stacklevel=4)
         sh.compute = bool(flag & COMPUTE)
-        threshold = eps * math.sqrt(x.numel() // x.shape[0])
-        sh.recorder.record(tb, sh.state.score, threshold, forced, sh.compute)
+        sh.recorder.record(tb, sh.state.score, self._threshold(eps), forced, sh.compute)
 
     @staticmethod
     def _per_sample_timestep(t: Any, x: torch.Tensor) -> torch.Tensor:
@@ -245,7 +360,12 @@ class SenCacheBlockHook(ModelHook):
         active = self.shared.active
         if active is None:  # called outside the hooked transformer's forward
             return self.fn_ref.original_forward(*args, **kwargs)
-        compute, cs = active
+        if active.compute is None:  # compiled: the head runs the whole stack, the other blocks pass through
+            carried = self._carried(args, kwargs)
+            if self.is_head:
+                carried = self._stack_on_device(active.slot, carried, args, kwargs)
+            return carried if self.adapter.blocks_update_encoder else carried[0]
+        compute, cs = active.compute, active.cs
         hidden = _get_arg(args, kwargs, "hidden_states", self._hidden_pos)
         encoder = None
         if self.adapter.blocks_update_encoder:
@@ -268,6 +388,61 @@ class SenCacheBlockHook(ModelHook):
                 encoder = encoder + cs.residual[1]
         return (hidden, encoder) if self.adapter.blocks_update_encoder else hidden
 
+    def _carried(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...]:
+        """The tensors the blocks carry from one to the next: ``(hidden,)`` or ``(hidden, encoder)``."""
+        hidden = _get_arg(args, kwargs, "hidden_states", self._hidden_pos)
+        if not self.adapter.blocks_update_encoder:
+            return (hidden,)
+        return hidden, _get_arg(args, kwargs, "encoder_hidden_states", self._encoder_pos)
+
+    def _with_carried(self, args: tuple, kwargs: dict, carried: tuple) -> tuple[tuple, dict]:
+        """The head block's arguments with the carried tensors replaced (every block takes the same others)."""
+        args, kwargs = list(args), dict(kwargs)
+        names = ("hidden_states", "encoder_hidden_states")
+        for name, pos, value in zip(names, (self._hidden_pos, self._encoder_pos), carried, strict=False):
+            if name in kwargs or pos is None or pos >= len(args):
+                kwargs[name] = value
+            else:
+                args[pos] = value
+        return tuple(args), kwargs
+
+    def _run_stack(self, carried: tuple, args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...]:
+        for forward in self.shared.block_forwards:
+            a, k = self._with_carried(args, kwargs, carried)
+            out = forward(*a, **k)
+            carried = tuple(out) if self.adapter.blocks_update_encoder else (out,)
+        return carried
+
+    def _stack_on_device(self, slot: _DeviceSlot, carried: tuple, args: tuple, kwargs: dict) -> tuple:
+        """The block stack under ``torch.cond`` on the device flag, then the residual update of a computed step."""
+        # The residual is looked at only when it may be used, so that the first step of every call traces (and
+        # guards) the same way whether or not buffers exist from an earlier call.
+        fits = not slot.must_compute
+        if fits:
+            res = slot.residual
+            fits = res is not None and len(res) == len(carried) and all(
+                r.shape == c.shape and r.dtype == c.dtype for r, c in zip(res, carried, strict=True))
+        if not fits:  # no valid residual yet (first step of a call, or new shapes): compute, adopt it afterwards
+            out = self._run_stack(carried, args, kwargs)
+            slot.pending = tuple(o - c for o, c in zip(out, carried, strict=True))
+            return out
+        n = len(carried)
+        flag = self.shared.state.flag
+        # torch.cond refuses operands that alias each other; CogVideoX's two streams are slices of one tensor, so
+        # the (small, text-length) encoder stream goes in as a copy.
+        carried = carried[:1] + tuple(c.clone() for c in carried[1:])
+
+        def compute(*ops: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return self._run_stack(ops[:n], args, kwargs)
+
+        def skip(*ops: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(c + r for c, r in zip(ops[:n], ops[n:], strict=True))
+
+        out = torch.cond((flag & COMPUTE) != 0, compute, skip, carried + tuple(res))
+        for o, c, r in zip(out, carried, res, strict=True):
+            commit(flag, o, c, r)  # residual <- blocks_out - blocks_in, on computed steps only
+        return tuple(out)
+
 
 def _split(target: Any) -> tuple[torch.nn.Module, Any | None]:
     """(transformer, scheduler) from a pipeline or a bare transformer."""
@@ -285,7 +460,8 @@ def _hook(transformer: torch.nn.Module) -> SenCacheHook | None:
     return registry.get_hook(_HOOK) if registry is not None else None
 
 
-def apply_sencache(target: Any, config: SenCacheConfig) -> None:
+def apply_sencache(target: Any, config: SenCacheConfig, mode: str = "eager",
+                   compile_options: dict[str, Any] | None = None) -> None:
     """Enable SenCache on a diffusers pipeline (preferred) or on its transformer.
 
     Applying again replaces the previous configuration.
@@ -294,13 +470,23 @@ def apply_sencache(target: Any, config: SenCacheConfig) -> None:
         target: a Wan, CogVideoX or LTX-Video pipeline, or its transformer. With a bare transformer outside a
             pipeline that reports its step count, set ``config.num_inference_steps``.
         config: the ``SenCacheConfig`` (with its ``SensitivityProfile``).
+        mode: ``"eager"`` (one host read of the decision flag per step) or ``"compiled"`` (the decision, the skip and
+            the transformer's forward in one ``torch.compile(fullgraph=True)`` graph; no host read). Wrapping a
+            SenCache-enabled transformer in ``torch.compile`` yourself still gives correct results, but its
+            host-side bookkeeping breaks the graph and recompiles at every step: use ``mode="compiled"``.
+        compile_options: extra ``torch.compile`` arguments for ``mode="compiled"``, e.g.
+            ``{"mode": "reduce-overhead"}`` for CUDA graphs or ``{"backend": "aot_eager"}``.
 
     Raises:
-        ValueError: unsupported transformer, a profile made for another transformer class or scheduler, or a
+        ValueError: unsupported transformer or mode, a profile made for another transformer class or scheduler, or a
             diffusers cache already enabled on the transformer.
     """
     if not isinstance(config, SenCacheConfig):
         raise ValueError(f"apply_sencache needs a SenCacheConfig, got {type(config).__name__}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if compile_options is not None and mode != "compiled":
+        raise ValueError("compile_options only apply to mode='compiled'")
     transformer, scheduler = _split(target)
     adapter = get_adapter(transformer)
     config.profile.check_compatible(transformer, scheduler)
@@ -310,11 +496,12 @@ def apply_sencache(target: Any, config: SenCacheConfig) -> None:
     if _hook(transformer) is not None:
         remove_sencache(transformer)
     blocks = adapter.block_list(transformer)
-    hook = SenCacheHook(config, adapter, scheduler)
+    hook = SenCacheHook(config, adapter, scheduler, mode, compile_options)
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, _HOOK)
     for i, block in enumerate(blocks):
         block_hook = SenCacheBlockHook(hook.shared, adapter, is_head=i == 0, is_tail=i == len(blocks) - 1)
         HookRegistry.check_if_exists_or_initialize(block).register_hook(block_hook, _BLOCK_HOOK)
+        hook.shared.block_forwards.append(block_hook.fn_ref.original_forward)
     _invalidate(transformer)
 
 

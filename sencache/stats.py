@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sencache_kernels import COMPUTE
+
 
 @dataclass
 class CallStats:
@@ -61,16 +63,29 @@ class StatsRecorder:
 
     def __init__(self, num_steps: int) -> None:
         self.num_steps = num_steps
-        self.block_stack_calls = 0
-        self._steps: list[tuple[torch.Tensor, torch.Tensor, float, bool, bool]] = []
+        self._stack_calls: list[bool | torch.Tensor] = []
+        self._steps: list[tuple[torch.Tensor, torch.Tensor, float, bool, bool | torch.Tensor]] = []
 
-    def record(self, t: torch.Tensor, score: torch.Tensor, threshold: float, forced: bool, computed: bool) -> None:
-        """Keep copies of this step's timestep and scores (device tensors, no sync)."""
+    def record(self, t: torch.Tensor, score: torch.Tensor, threshold: float, forced: bool,
+               computed: bool | torch.Tensor) -> None:
+        """Keep copies of this step's timestep, scores and decision (a bool, or the device flag; no sync)."""
+        if isinstance(computed, torch.Tensor):
+            computed = computed.clone()
         self._steps.append((t[:1].clone(), score.clone(), threshold, forced, computed))
+
+    def count_stack_call(self, computed: bool | torch.Tensor) -> None:
+        """One context's transformer call: whether it ran the block stack (a bool, or the device flag)."""
+        self._stack_calls.append(computed.clone() if isinstance(computed, torch.Tensor) else computed)
+
+    @staticmethod
+    def _computed(values: list[bool | torch.Tensor]) -> list[bool]:
+        flags = [v for v in values if isinstance(v, torch.Tensor)]
+        read = iter((torch.stack(flags).cpu() & COMPUTE).ne(0).tolist() if flags else [])
+        return [next(read) if isinstance(v, torch.Tensor) else v for v in values]
 
     def materialize(self) -> CallStats:
         """The call's statistics as plain Python values (one device-to-host copy)."""
-        stats = CallStats(num_steps=self.num_steps, block_stack_calls=self.block_stack_calls)
+        stats = CallStats(num_steps=self.num_steps, block_stack_calls=sum(self._computed(self._stack_calls)))
         if not self._steps:
             return stats
         ts = torch.cat([s[0] for s in self._steps]).double().cpu().tolist()
@@ -80,5 +95,5 @@ class StatsRecorder:
         stats.scores = scores
         stats.thresholds = [s[2] for s in self._steps]
         stats.forced = [s[3] for s in self._steps]
-        stats.computed = [s[4] for s in self._steps]
+        stats.computed = self._computed([s[4] for s in self._steps])
         return stats

@@ -1,0 +1,125 @@
+"""mode="compiled": the decision, the torch.cond skip and the forward in one fullgraph torch.compile graph."""
+
+import pytest
+import torch
+
+import sencache
+from sencache import tiny
+from sencache.hooks import _hook
+from tests.conftest import requires_cuda
+from tests.test_integration import flat_profile, run
+
+ARCHS = tiny.ARCHITECTURES
+AOT = {"backend": "aot_eager"}  # the graphs without code generation: outputs bitwise equal to eager
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {arch: tiny.build_pipeline(arch) for arch in ARCHS}
+
+
+@pytest.fixture(autouse=True)
+def _clean(pipes):
+    yield
+    for p in pipes.values():
+        sencache.remove_sencache(p)
+
+
+def eager_reference(pipe, arch, cfg):
+    sencache.apply_sencache(pipe, cfg)
+    out = run(pipe, arch)
+    return out, sencache.get_stats(pipe)
+
+
+def unique_graphs():
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compiled_equals_eager_and_never_breaks_the_graph(arch, pipes):
+    pipe = pipes[arch]
+    cfg = sencache.SenCacheConfig(profile=flat_profile(pipe), eps=10.0, eps_start=10.0)
+    want, want_stats = eager_reference(pipe, arch, cfg)
+    assert want_stats.skipped > 0  # the run exercises both branches of the cond
+
+    sencache.apply_sencache(pipe, cfg, mode="compiled", compile_options=AOT)
+    got = run(pipe, arch)
+    got_stats = sencache.get_stats(pipe)
+    assert got_stats.computed == want_stats.computed and got_stats.forced == want_stats.forced
+    assert got_stats.block_stack_calls == want_stats.block_stack_calls
+    assert got_stats.scores == want_stats.scores
+    assert torch.equal(got, want)
+
+    # Residual buffers and the decision state persist across calls: an identical call reuses every graph, and a new
+    # seed gives another video from the same graphs.
+    graphs = unique_graphs()
+    assert torch.equal(run(pipe, arch), want)
+    assert sencache.get_stats(pipe).computed == want_stats.computed
+    assert not torch.equal(run(pipe, arch, seed=7), want)
+    assert unique_graphs() == graphs
+
+    # torch._dynamo.explain of every variant the step takes (deciding or following context; first step of a call:
+    # plain stack, later: torch.cond), each on a copy of the decision state. explain resets dynamo, so it runs last.
+    hook = _hook(pipe.transformer)
+    compiled_step = hook.compiled_step
+    explained = {}
+
+    def explain_then_run(decide_inputs, args, kwargs):
+        variant = (decide_inputs is not None, hook.shared.active.slot.must_compute)
+        if variant not in explained:
+            saved = {k: v.clone() for k, v in hook.shared.state.state_dict().items()}
+            explained[variant] = torch._dynamo.explain(hook._traced)(decide_inputs, args, kwargs)
+            hook.shared.state.load_state_dict(saved)
+            hook.shared.active.slot.pending = None
+        return compiled_step(hook.shared.signature)(decide_inputs, args, kwargs)
+
+    hook.compiled_step = lambda signature: explain_then_run
+    run(pipe, arch)
+    assert {(True, True), (True, False)} <= set(explained)
+    for variant, explanation in explained.items():
+        assert explanation.graph_break_count == 0, (variant, explanation.break_reasons)
+        assert explanation.graph_count == 1, variant
+
+
+def test_compiled_eps_zero_is_uncached(pipes):
+    pipe = pipes["wan"]
+    want = run(pipe, "wan")
+    sencache.apply_sencache(pipe, sencache.SenCacheConfig(profile=flat_profile(pipe, jx=1.0), eps=0.0, eps_start=0.0),
+                            mode="compiled", compile_options=AOT)
+    assert torch.equal(run(pipe, "wan"), want)
+    assert sencache.get_stats(pipe).nfe == 10
+
+
+def test_compiled_with_inductor_takes_the_eager_decisions(pipes):
+    """The default backend (inductor) generates its own kernels: same decisions, outputs to float32 rounding."""
+    pipe = pipes["wan"]
+    cfg = sencache.SenCacheConfig(profile=flat_profile(pipe), eps=10.0, eps_start=10.0)
+    want, want_stats = eager_reference(pipe, "wan", cfg)
+    sencache.apply_sencache(pipe, cfg, mode="compiled")
+    got = run(pipe, "wan")
+    assert sencache.get_stats(pipe).computed == want_stats.computed
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_mode_and_options(pipes):
+    pipe = pipes["wan"]
+    cfg = sencache.SenCacheConfig(profile=flat_profile(pipe))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        sencache.apply_sencache(pipe, cfg, mode="fast")
+    with pytest.raises(ValueError, match="compile_options only apply"):
+        sencache.apply_sencache(pipe, cfg, compile_options=AOT)
+
+
+@requires_cuda
+def test_reduce_overhead_keeps_cuda_graphs():
+    """CUDA-graph trees keep the step graph: the state and residuals are static inputs, nothing is skipped."""
+    pipe = tiny.build_pipeline("wan").to("cuda")
+    cfg = sencache.SenCacheConfig(profile=flat_profile(pipe), eps=10.0, eps_start=10.0)
+    want, want_stats = eager_reference(pipe, "wan", cfg)
+    sencache.apply_sencache(pipe, cfg, mode="compiled", compile_options={"mode": "reduce-overhead"})
+    torch._dynamo.utils.counters.clear()
+    run(pipe, "wan")
+    got = run(pipe, "wan")
+    assert not torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
+    assert sencache.get_stats(pipe).computed == want_stats.computed
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
