@@ -403,3 +403,22 @@ def test_cuda_graph_replays_are_safe(gen):
         for name, buf in st.named_buffers():
             assert torch.equal(buf, eager.get_buffer(name)), name
     assert int(st.ticket) == 0
+
+
+@requires_cuda
+def test_decide_is_one_kernel_launch(gen):
+    """The fused decision is a single kernel on the device (no memset, no reduction kernels, no copies)."""
+    x = torch.randn(2, 1 << 20, generator=gen).cuda().bfloat16()
+    st = sk.DecisionState(x)
+    st.set_inputs(0.05, False)
+    t = torch.full((2,), 500.0, device="cuda")
+    j = torch.ones(2, device="cuda")
+    args = (x, t, j, j, st.eps, st.force, st.x_ref, st.t_ref, st.jx_ref, st.jt_ref, st.skips, st.flag, st.score,
+            st.ticket, 3)
+    sk.decide(*args)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        sk.decide(*args)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == 1, [e.name for e in kernels]
