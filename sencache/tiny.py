@@ -265,7 +265,8 @@ def call_kwargs(
     """Keyword arguments for calling a pipeline from :func:`build_pipeline` offline.
 
     Prompt and negative-prompt embeddings are random but deterministic in ``seed`` (drawn from two separate CPU
-    generators), shaped ``(batch_size, seq_len, text_dim)`` for the pipeline's transformer, in its dtype. LTX also
+    generators, so the same on every device), shaped ``(batch_size, seq_len, text_dim)`` for the pipeline's
+    transformer, in its dtype and on its device. LTX also
     gets all-ones boolean attention masks. The denoising noise comes from ``generator``, seeded with ``seed``; a fresh
     dict (and generator) is needed for every call to reproduce an output. Frames come back as a ``torch.Tensor`` of
     shape ``(batch_size, num_frames, 3, height, width)`` in ``[0, 1]``.
@@ -287,11 +288,12 @@ def call_kwargs(
         ValueError: If ``arch`` is not a supported architecture.
     """
     _check_arch(arch)
-    dtype = pipe.transformer.dtype
+    dtype, device = pipe.transformer.dtype, pipe.transformer.device
     seq_len, text_dim = _text_shape(arch, pipe, overrides.get("max_sequence_length"))
     shape = (batch_size, seq_len, text_dim)
-    prompt_embeds = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
-    negative_prompt_embeds = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 0x5EED)).to(dtype)
+    prompt_embeds, negative_prompt_embeds = (
+        torch.randn(shape, generator=torch.Generator().manual_seed(s)).to(device, dtype) for s in (seed, seed + 0x5EED)
+    )
 
     kwargs: dict[str, Any] = {
         "prompt_embeds": prompt_embeds,
@@ -304,7 +306,7 @@ def call_kwargs(
         "max_sequence_length": seq_len,
     }
     if arch == "ltx":
-        kwargs["prompt_attention_mask"] = torch.ones(batch_size, seq_len, dtype=torch.bool)
-        kwargs["negative_prompt_attention_mask"] = torch.ones(batch_size, seq_len, dtype=torch.bool)
+        kwargs["prompt_attention_mask"] = torch.ones(batch_size, seq_len, dtype=torch.bool, device=device)
+        kwargs["negative_prompt_attention_mask"] = torch.ones(batch_size, seq_len, dtype=torch.bool, device=device)
     kwargs.update(overrides)
     return kwargs
