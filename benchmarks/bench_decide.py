@@ -66,8 +66,9 @@ def _device_info(benchmark, fn, nbytes: int) -> None:
     ms = triton.testing.do_bench(fn, warmup=50, rep=500)
     gbps = nbytes / (ms * 1e-3) / 1e9
     copy = _copy_bandwidth(nbytes // 2)  # the copy reads and writes half of what the decision reads
-    benchmark.extra_info.update(device_us=ms * 1e3, bytes=nbytes, gbps=gbps, copy_gbps=copy, fraction_of_copy=gbps / copy,
-                                device=torch.cuda.get_device_name(), torch=torch.__version__)
+    benchmark.extra_info.update(device_us=ms * 1e3, bytes=nbytes, gbps=gbps, copy_gbps=copy,
+                                fraction_of_copy=gbps / copy, device=torch.cuda.get_device_name(),
+                                torch=torch.__version__)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

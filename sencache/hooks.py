@@ -97,8 +97,9 @@ class _DeviceSlot:
         """Move a pending residual into the persistent buffers (reallocated, static, when the shapes changed)."""
         new, self.pending = self.pending, None
         old = self.residual
-        if old is not None and all(o.shape == n.shape and o.dtype == n.dtype and o.device == n.device
-                                   for o, n in zip(old, new, strict=True)) and len(old) == len(new):
+        same = old is not None and len(old) == len(new)
+        if same and all((o.shape, o.dtype, o.device) == (n.shape, n.dtype, n.device)
+                        for o, n in zip(old, new, strict=True)):
             for o, n in zip(old, new, strict=True):
                 o.copy_(n)
             return
@@ -139,6 +140,7 @@ class _Shared:
         self.compute = True
         self.warned_nonfinite = False
         self.recorder: StatsRecorder | None = None
+        self.step_flag: torch.Tensor | None = None  # compiled mode: a copy of this step's flag, for the statistics
 
     def start_call(self, leader: str, signature: tuple, num_steps: int, timesteps_obj: Any) -> None:
         self.reset()
@@ -239,9 +241,10 @@ class SenCacheHook(ModelHook):
             slot.adopt()
         slot.epoch = sh.epoch
         if sh.recorder is not None:
-            if step_inputs is not None:
-                sh.recorder.record(tb, sh.state.score, self._threshold(eps), forced, sh.state.flag)
-            sh.recorder.count_stack_call(True if slot.must_compute else sh.state.flag)
+            if step_inputs is not None:  # one snapshot of the flag per step serves every context's record
+                sh.step_flag = sh.state.flag.clone()
+                sh.recorder.record(tb, sh.state.score, self._threshold(eps), forced, sh.step_flag)
+            sh.recorder.count_stack_call(True if slot.must_compute else sh.step_flag)
         return out
 
     def compiled_step(self, signature: tuple) -> Any:

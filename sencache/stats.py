@@ -68,14 +68,13 @@ class StatsRecorder:
 
     def record(self, t: torch.Tensor, score: torch.Tensor, threshold: float, forced: bool,
                computed: bool | torch.Tensor) -> None:
-        """Keep copies of this step's timestep, scores and decision (a bool, or the device flag; no sync)."""
-        if isinstance(computed, torch.Tensor):
-            computed = computed.clone()
+        """Keep copies of this step's timestep and scores, and its decision: a bool, or a snapshot of the device flag
+        that the caller keeps unchanged (no sync)."""
         self._steps.append((t[:1].clone(), score.clone(), threshold, forced, computed))
 
     def count_stack_call(self, computed: bool | torch.Tensor) -> None:
-        """One context's transformer call: whether it ran the block stack (a bool, or the device flag)."""
-        self._stack_calls.append(computed.clone() if isinstance(computed, torch.Tensor) else computed)
+        """One context's transformer call: whether it ran the block stack (a bool, or a flag snapshot)."""
+        self._stack_calls.append(computed)
 
     @staticmethod
     def _computed(values: list[bool | torch.Tensor]) -> list[bool]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import torch
 
 from sencache_kernels.delta_norm import delta_norm_ref
@@ -111,6 +112,7 @@ _FLT_MAX = 3.4028234663852886e38
 _BLOCK = 4096
 _MAX_CHUNKS = 2048
 # Under the interpreter every program costs milliseconds, so blocks are large and programs few.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read once, as Triton does when it jits the kernel
 _INTERPRET_BLOCK = 1 << 16
 _INTERPRET_MAX_CHUNKS = 4
 
@@ -186,8 +188,6 @@ def _rows(v: torch.Tensor) -> torch.Tensor:
 def _sqrt_f32(n: int) -> float:
     """float32 ``sqrt(float32(n))`` correctly rounded, as the reference computes it (double rounding of a square root
     through float64 is exact for float32 results)."""
-    import numpy as np
-
     return float(np.float32(math.sqrt(float(np.float32(n)))))
 
 
@@ -219,9 +219,8 @@ def decide_triton(
     """
     if triton is None:
         raise RuntimeError("decide_triton needs Triton (pip install triton)")
-    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    block = block or (_INTERPRET_BLOCK if interpret else _BLOCK)
-    max_chunks = max_chunks or (_INTERPRET_MAX_CHUNKS if interpret else _MAX_CHUNKS)
+    block = block or (_INTERPRET_BLOCK if _INTERPRET else _BLOCK)
+    max_chunks = max_chunks or (_INTERPRET_MAX_CHUNKS if _INTERPRET else _MAX_CHUNKS)
     b = x.shape[0]
     xr, rr = _rows(x), _rows(x_ref)
     n = xr.shape[1]
