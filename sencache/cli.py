@@ -1,4 +1,4 @@
-"""``sencache`` command line: ``sencache demo`` and ``sencache show PROFILE``."""
+"""``sencache`` command line: ``demo``, ``quality``, ``train-reference`` and ``show PROFILE``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="calibrate and compare on a small offline pipeline (see `sencache demo --help`)",
                    add_help=False)
+    sub.add_parser("quality", help="quality at matched NFE against MagCache, TeaCache and FirstBlockCache on the "
+                   "reference model (see `sencache quality --help`)", add_help=False)
+    sub.add_parser("train-reference", help="train the reference model (see `sencache train-reference --help`)",
+                   add_help=False)
     show_p = sub.add_parser("show", help="print a saved SensitivityProfile")
     show_p.add_argument("profile")
     args, rest = parser.parse_known_args(argv)
@@ -33,6 +37,14 @@ def main(argv: list[str] | None = None) -> None:
         from sencache.demo import main as demo_main
 
         demo_main(rest)
+    elif args.command == "quality":
+        from sencache.quality import main as quality_main
+
+        quality_main(rest)
+    elif args.command == "train-reference":
+        from sencache.reference.train import main as train_main
+
+        train_main(rest)
     else:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -1,6 +1,7 @@
 from PIL import Image
 
-from sencache.demo import psnr, run_demo
+from sencache.demo import run_demo
+from sencache.quality import psnr
 
 
 def test_demo_runs_and_writes_gif(tmp_path, capsys):

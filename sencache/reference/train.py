@@ -7,7 +7,8 @@ and cosine decay; the checkpoint holds an exponential moving average of the weig
 
 The output directory receives the checkpoint (``config.json`` + ``diffusion_pytorch_model.safetensors``), the
 training record (``train.json``: configuration, seeds, versions, device, wall time), the loss curve (``loss.csv``,
-``loss.png``) and a sample grid of held-out seeds (``samples.png``, ``samples.gif``). The same command on the same
+``loss.png``), a sample grid of held-out seeds (``samples.png``, ``samples.gif``) and a SenCache sensitivity profile
+calibrated on the checkpoint (``sencache_profile.safetensors``, used by ``make demo``). The same command on the same
 machine type reproduces the checkpoint.
 """
 
@@ -36,6 +37,7 @@ GRID_CONDITIONS = ("red circle left-right", "green square up-down", "blue triang
                    "red square rotate", "green triangle left-right", "blue circle up-down", "yellow square grow",
                    "red triangle grow", "green circle rotate", "blue square left-right", "yellow triangle up-down")
 GRID_SEED = 10_000  # sampler noise seeds for the grid start here (held out from everything else)
+PROFILE_SEED, PROFILE_SAMPLES = 50_000, 8  # the shipped SenCache profile: 8 calibration runs (the paper's choice)
 
 
 def _lr(step: int, cfg: dict) -> float:
@@ -46,8 +48,17 @@ def _lr(step: int, cfg: dict) -> float:
 
 
 def train(out: Path, steps: int | None = None, batch: int | None = None, device: str = "cpu",
-          log_every: int = 10) -> dict:
-    """Train, write the checkpoint and its record into ``out``; return the record."""
+          log_every: int = 10, sample_steps: int = DEFAULTS["num_inference_steps"]) -> dict:
+    """Train, write the checkpoint and its record into ``out``; return the record.
+
+    Args:
+        out: output directory (created).
+        steps: optimizer steps (default ``TRAIN["steps"]``).
+        batch: clips per step (default ``TRAIN["batch"]``).
+        device: where to train (the data is generated on the CPU).
+        log_every: loss logging interval in steps.
+        sample_steps: sampler steps of the sample grid.
+    """
     from sencache.reference.data import condition_embedding
 
     cfg = dict(TRAIN, **{k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None})
@@ -99,7 +110,8 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, device:
     (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "loss.csv").write_text("step,loss\n" + "".join(f"{s_},{v:.6f}\n" for s_, v in losses))
     _plot_loss(out / "loss.png", losses)
-    write_samples(out, device=device)
+    write_samples(out, device=device, steps=sample_steps)
+    write_profile(out, device=device, steps=sample_steps)
     return record
 
 
@@ -128,7 +140,7 @@ def _plot_loss(path: Path, losses: list[tuple[int, float]]) -> None:
     plt.close(fig)
 
 
-def write_samples(out: Path, device: str = "cpu") -> None:
+def write_samples(out: Path, device: str = "cpu", steps: int = DEFAULTS["num_inference_steps"]) -> None:
     """Sample :data:`GRID_CONDITIONS` from the checkpoint in ``out``; write ``samples.png`` (every 4th frame in a
     row per condition) and ``samples.gif`` (all clips animated, 4 x 3)."""
     from PIL import Image, ImageDraw
@@ -139,7 +151,8 @@ def write_samples(out: Path, device: str = "cpu") -> None:
     videos = []
     for i, cond in enumerate(GRID_CONDITIONS):
         gen = torch.Generator(device="cpu").manual_seed(GRID_SEED + i)
-        videos.append(pipe(cond, generator=gen, output_type="pt").frames[0].cpu())  # [F, 3, H, W]
+        frames = pipe(cond, generator=gen, num_inference_steps=steps, output_type="pt").frames
+        videos.append(frames[0].cpu())  # [F, 3, H, W]
     scale, label_w = 3, 150
     rows = []
     for v in videos:
@@ -162,6 +175,21 @@ def write_samples(out: Path, device: str = "cpu") -> None:
     frames[0].save(out / "samples.gif", save_all=True, append_images=frames[1:], duration=120, loop=0)
 
 
+def write_profile(out: Path, device: str = "cpu", steps: int = DEFAULTS["num_inference_steps"],
+                  samples: int = PROFILE_SAMPLES) -> Path:
+    """Calibrate SenCache on the checkpoint in ``out`` and save ``sencache_profile.safetensors`` next to it."""
+    import sencache
+    from sencache.reference.model import load_reference_pipeline
+
+    pipe = load_reference_pipeline(out, device=device)
+    conditions = [CONDITIONS[(5 * i) % len(CONDITIONS)] for i in range(samples)]
+    profile = sencache.calibrate(pipe, prompts=conditions, num_samples=samples,
+                                 seeds=range(PROFILE_SEED, PROFILE_SEED + samples), num_inference_steps=steps)
+    path = out / "sencache_profile.safetensors"
+    profile.save(str(path))
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sencache.reference.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR, help="output directory (default: the shipped "
@@ -169,11 +197,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {TRAIN['steps']})")
     parser.add_argument("--batch", type=int, default=None, help=f"clips per step (default {TRAIN['batch']})")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--samples-only", action="store_true", help="only redraw the sample grid of --out")
+    parser.add_argument("--artifacts-only", action="store_true",
+                        help="keep the checkpoint in --out; only redraw its sample grid and recalibrate its profile")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
-    if args.samples_only:
+    if args.artifacts_only:
         write_samples(args.out, device=args.device)
+        print(f"wrote {write_profile(args.out, device=args.device)} and the sample grid")
         return
     record = train(args.out, steps=args.steps, batch=args.batch, device=args.device)
     print(f"wrote {args.out}: {record['parameters'] / 1e6:.2f}M parameters, {record['wall_s']:.0f} s, "

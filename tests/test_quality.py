@@ -1,0 +1,100 @@
+"""Quality metrics, the TeaCache baseline and the quality harness (smoke configuration) on the reference model."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from sencache.quality import Pair, QualitySettings, generate, make_pairs, psnr, rel_l2, run_quality, ssim
+from sencache.reference.model import load_reference_pipeline
+
+
+def _ssim_direct(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.5) -> float:
+    """SSIM of one [H, W] window position (image as large as the window), from the definition, in float64."""
+    n = a.shape[-1]
+    x = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    w = g[:, None] * g[None, :]
+    w = w / w.sum()
+    a, b = a.double(), b.double()
+    ma, mb = (w * a).sum(), (w * b).sum()
+    va, vb = (w * (a - ma) ** 2).sum(), (w * (b - mb) ** 2).sum()
+    cov = (w * (a - ma) * (b - mb)).sum()
+    c1, c2 = 0.01**2, 0.03**2
+    return float(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+
+
+def test_metrics():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 3, 11, 11, generator=g)
+    b = (a + 0.1 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    assert psnr(a, a) == math.inf and abs(psnr(a, a + 0.1) - 20.0) < 1e-9
+    assert rel_l2(a, a) == 0 and abs(rel_l2(2 * a, a) - 1.0) < 1e-12
+    assert abs(ssim(a, a) - 1.0) < 1e-12
+    direct = sum(_ssim_direct(a[f, c], b[f, c]) for f in range(3) for c in range(3)) / 9
+    assert abs(ssim(a, b) - direct) < 1e-12
+    c = (a + 0.3 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    assert ssim(a, c) < ssim(a, b) < 1
+    with pytest.raises(ValueError, match="one shape"):
+        ssim(a, b[:, :2])
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_reference_pipeline()
+
+
+def test_generate_counts_block_stack_evaluations(pipe):
+    g = generate(pipe, Pair("red circle grow", 1), steps=5)
+    assert g.nfe == 5 and g.timeline == [1.0] * 5 and g.video.shape == (17, 3, 32, 32)
+    assert make_pairs(3, 100) == [Pair("red circle left-right", 100), Pair("red square rotate", 101),
+                                  Pair("green circle grow", 102)]
+
+
+def test_teacache(pipe):
+    from sencache.teacache import TeaCacheConfig, apply_teacache, fit_coefficients, remove_teacache
+
+    steps, pair = 6, Pair("blue square left-right", 3)
+    coeffs = fit_coefficients(pipe, [{"prompt": pair.condition, "num_inference_steps": steps, "output_type": "latent",
+                                      "generator": torch.Generator().manual_seed(0)}])
+    assert len(coeffs) == 5 and all(math.isfinite(c) for c in coeffs)
+    ref = generate(pipe, pair, steps)
+    apply_teacache(pipe.transformer, TeaCacheConfig(threshold=0.0, coefficients=coeffs, num_inference_steps=steps))
+    try:
+        same = generate(pipe, pair, steps)
+    finally:
+        remove_teacache(pipe.transformer)
+    assert same.nfe == steps and torch.equal(same.video, ref.video)
+    apply_teacache(pipe.transformer, TeaCacheConfig(threshold=1e9, coefficients=coeffs, num_inference_steps=steps))
+    try:
+        lazy = generate(pipe, pair, steps)
+        lazy2 = generate(pipe, pair, steps)  # state wraps around between calls
+    finally:
+        remove_teacache(pipe.transformer)
+    assert lazy.nfe == 2 and lazy.timeline == [1, 0, 0, 0, 0, 1] and torch.equal(lazy.video, lazy2.video)
+    assert not torch.equal(lazy.video, ref.video)
+    assert torch.equal(generate(pipe, pair, steps).video, ref.video)  # removed cleanly
+    with pytest.raises(ValueError, match="WanTransformer3DModel"):
+        apply_teacache(torch.nn.Linear(2, 2), TeaCacheConfig(0.1, coeffs))
+
+
+def test_quality_harness_smoke(tmp_path):
+    settings = QualitySettings(steps=6, budgets=(0.5,), eval_pairs=2, tune_pairs=1, calib_pairs=1, search_iters=2)
+    record = run_quality(settings, tmp_path, progress=False)
+    assert record["settings"]["steps"] == 6
+    for name in ("quality.json", "quality.md", "quality_vs_nfe.png", "sensitivity_profile.png", "output_change.png",
+                 "timelines.png"):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "quality.json").read_text())
+    assert {r["method"] for r in saved["results"]} == {"sencache", "magcache", "teacache", "fbc"}
+    for r in saved["results"]:
+        assert 1 <= r["nfe"]["mean"] <= 6 and len(r["timelines"]) == 2 and len(r["timelines"][0]) == 6
+        assert r["psnr"]["mean"] > 0 and 0 < r["ssim"]["mean"] <= 1 and r["rel_l2"]["mean"] >= 0
+        # the chosen threshold is one of the searched ones, with the NFE closest to the budget on the tuning pair
+        tried = dict(map(tuple, saved["threshold_search"][r["method"]]))
+        assert r["threshold"] in tried
+        assert abs(tried[r["threshold"]] - 0.5) == min(abs(v - 0.5) for v in tried.values())
+    assert len(saved["mag_ratios"]) == 6 and len(saved["tea_coefficients"]) == 5
+    assert len(saved["consecutive_output_mae"]) == 5 and len(saved["profile"]["jx"]) == 6
+    assert "| 50% | SenCache |" in (tmp_path / "quality.md").read_text()

@@ -1,0 +1,114 @@
+"""The reference model: deterministic procedural data, the shipped checkpoint and its pipeline, the training script."""
+
+import json
+
+import pytest
+import torch
+
+from sencache.reference import data
+from sencache.reference.model import CHECKPOINT_DIR, load_reference_pipeline
+
+
+def test_clips_are_deterministic_functions_of_seed_and_index():
+    a = data.render_clip("green triangle rotate", seed=3, index=5)
+    assert torch.equal(a, data.render_clip("green triangle rotate", seed=3, index=5))
+    assert not torch.equal(a, data.render_clip("green triangle rotate", seed=3, index=6))
+    assert not torch.equal(a, data.render_clip("green triangle rotate", seed=4, index=5))
+    clips, prompts = data.sample_clips(4, seed=0, start=10)
+    first, p1 = data.sample_clips(2, seed=0, start=10)
+    second, p2 = data.sample_clips(2, seed=0, start=12)
+    assert torch.equal(clips, torch.cat([first, second])) and prompts == p1 + p2
+    assert clips.shape == (4, 3, data.FRAMES, data.SIZE, data.SIZE)
+    assert clips.min() >= -1 and clips.max() <= 1
+
+
+def _shape_track(clip: torch.Tensor, colour: str):
+    """Per frame: (pixel count, centroid x, centroid y) of the pixels that have the shape's colour."""
+    rgb = torch.tensor(data.COLOURS[colour]).view(3, 1, 1) * 2 - 1
+    out = []
+    for f in range(clip.shape[1]):
+        mask = (clip[:, f] - rgb).abs().amax(0) < 0.02
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        out.append((int(mask.sum()), float(xs.float().mean()), float(ys.float().mean())))
+    return out
+
+
+@pytest.mark.parametrize("colour", list(data.COLOURS))
+def test_clips_show_the_condition(colour):
+    left_right = _shape_track(data.render_clip(f"{colour} square left-right", 0, 1), colour)
+    up_down = _shape_track(data.render_clip(f"{colour} circle up-down", 0, 2), colour)
+    grow = _shape_track(data.render_clip(f"{colour} triangle grow", 0, 3), colour)
+    rotate = data.render_clip(f"{colour} square rotate", 0, 4)
+    assert all(n > 0 for n, _, _ in left_right + up_down + grow[4:])
+    assert max(x for _, x, _ in left_right) - min(x for _, x, _ in left_right) > 8  # moves sideways
+    assert max(y for _, _, y in left_right) - min(y for _, _, y in left_right) < 1.0
+    assert max(y for _, _, y in up_down) - min(y for _, _, y in up_down) > 8  # moves vertically
+    assert max(x for _, x, _ in up_down) - min(x for _, x, _ in up_down) < 1.0
+    assert grow[-1][0] > 4 * max(grow[2][0], 1)  # grows
+    assert not torch.equal(rotate[:, 0], rotate[:, 8])  # turns (a square changes its pixels)
+
+
+def test_conditions_and_embeddings():
+    assert len(data.CONDITIONS) == len(set(data.CONDITIONS)) >= 16
+    assert data.parse_condition("rotate Blue square") == ("blue", "square", "rotate")
+    emb = data.condition_embedding(["red circle grow", "grow circle red", "red circle rotate"])
+    assert emb.shape == (3, 3, data.TEXT_DIM)
+    assert torch.equal(emb[0], emb[1]) and not torch.equal(emb[0], emb[2])
+    assert torch.equal(data.null_embedding(2), torch.zeros(2, 3, data.TEXT_DIM))
+    with pytest.raises(ValueError, match="exactly one shape"):
+        data.parse_condition("red grow")
+    with pytest.raises(ValueError, match="exactly one colour"):
+        data.parse_condition("red blue circle grow")
+    with pytest.raises(ValueError, match="unknown words"):
+        data.parse_condition("red circle grow quickly")
+
+
+def test_shipped_checkpoint_loads_and_samples():
+    weights = CHECKPOINT_DIR / "diffusion_pytorch_model.safetensors"
+    assert weights.stat().st_size <= 20 * 2**20
+    record = json.loads((CHECKPOINT_DIR / "train.json").read_text())
+    pipe = load_reference_pipeline()
+    assert type(pipe.transformer).__name__ == "WanTransformer3DModel"
+    n = sum(p.numel() for p in pipe.transformer.parameters())
+    assert n <= 10_000_000 and n == record["parameters"]
+    gen = torch.Generator().manual_seed(0)
+    video = pipe("yellow circle grow", num_inference_steps=3, generator=gen, output_type="pt").frames
+    assert video.shape == (1, data.FRAMES, 3, data.SIZE, data.SIZE)
+    assert torch.isfinite(video).all() and video.min() >= 0 and video.max() <= 1
+    latent = pipe(["red square rotate", "blue circle up-down"], num_inference_steps=2, output_type="latent",
+                  generator=torch.Generator().manual_seed(0)).frames
+    assert latent.shape == (2, 3, data.FRAMES, data.SIZE, data.SIZE) and torch.isfinite(latent).all()
+    frames = pipe("red square rotate", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, data.FRAMES, data.SIZE, data.SIZE, 3)  # np, like WanPipeline
+
+
+def test_shipped_training_record():
+    record = json.loads((CHECKPOINT_DIR / "train.json").read_text())
+    assert record["train"]["data_seed"] == 0 and record["parameters"] <= 10_000_000
+    rows = [line.split(",") for line in (CHECKPOINT_DIR / "loss.csv").read_text().splitlines()[1:]]
+    losses = [float(v) for _, v in rows]
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:5]) / 5  # it learned
+    for name in ("samples.png", "samples.gif", "loss.png", "config.json", "sencache_profile.safetensors"):
+        assert (CHECKPOINT_DIR / name).is_file(), name
+
+
+def test_pipeline_rejects_bad_input():
+    pipe = load_reference_pipeline()
+    with pytest.raises(ValueError, match="exactly one colour"):
+        pipe("circle grow", num_inference_steps=2)
+    with pytest.raises(ValueError, match="no negative prompts"):
+        pipe("red circle grow", negative_prompt="blurry", num_inference_steps=2)
+    with pytest.raises(FileNotFoundError, match="sencache.reference.train"):
+        load_reference_pipeline("/nonexistent/checkpoint")
+
+
+def test_training_script_smoke(tmp_path):
+    from sencache.reference.train import train
+
+    record = train(tmp_path, steps=3, batch=2, log_every=1, sample_steps=2)
+    assert record["train"]["steps"] == 3 and len((tmp_path / "loss.csv").read_text().splitlines()) == 4
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "train.json", "loss.png", "samples.png",
+                 "samples.gif", "sencache_profile.safetensors"):
+        assert (tmp_path / name).is_file(), name
+    pipe = load_reference_pipeline(tmp_path)
+    assert pipe("red circle grow", num_inference_steps=2, output_type="latent").frames.shape[2] == data.FRAMES
