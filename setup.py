@@ -58,6 +58,8 @@ def _extension():
 
 setup(
     packages=find_packages(exclude=["tests", "tests.*", "benchmarks", "benchmarks.*"]),
+    # The reference model's checkpoint, training record, sample grid and SenCache profile ship with the package.
+    package_data={"sencache.reference": ["checkpoint/*"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},
     zip_safe=False,

@@ -442,6 +442,27 @@ def plot_all(record: dict, out: Path) -> None:
     plt.close(fig)
 
 
+README_MARKERS = ("<!-- quality-table:start -->", "<!-- quality-table:end -->")
+
+
+def render(out_dir: str | Path, readme: str | Path | None = None) -> str:
+    """Rewrite ``quality.md`` and the plots from ``out_dir/quality.json``; put the table between the
+    :data:`README_MARKERS` of ``readme`` when given. Returns the table."""
+    out = Path(out_dir)
+    record = json.loads((out / "quality.json").read_text())
+    table = markdown_table(record)
+    (out / "quality.md").write_text(table)
+    plot_all(record, out)
+    if readme is not None:
+        text = Path(readme).read_text()
+        start, end = README_MARKERS
+        if start not in text or end not in text:
+            raise ValueError(f"{readme} has no {start} ... {end} block to fill")
+        head, rest = text.split(start, 1)
+        Path(readme).write_text(head + start + "\n" + table + rest[rest.index(end):])
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     """``sencache quality`` / ``python benchmarks/quality.py``."""
     d = QualitySettings()
@@ -455,7 +476,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib-pairs", type=int, default=d.calib_pairs, help="pairs used to calibrate methods")
     parser.add_argument("--search-iters", type=int, default=d.search_iters)
     parser.add_argument("--checkpoint", default=None, help="reference checkpoint directory (default: shipped)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="do not run: redraw the table and plots from OUT/quality.json")
+    parser.add_argument("--readme", default=None, help="also write the table into this README's quality block")
     args = parser.parse_args(argv)
+    if args.render_only:
+        print(render(args.out, args.readme))
+        return
     if min(args.eval_pairs, args.tune_pairs, args.calib_pairs) < 1 or args.steps < 4:
         parser.error("pairs must be >= 1 and --steps >= 4")
     if any(not 0 < b < 1 for b in args.budgets):
@@ -463,8 +490,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = QualitySettings(steps=args.steps, budgets=tuple(args.budgets), methods=tuple(args.methods),
                                eval_pairs=args.eval_pairs, tune_pairs=args.tune_pairs, calib_pairs=args.calib_pairs,
                                search_iters=args.search_iters, checkpoint=args.checkpoint)
-    record = run_quality(settings, args.out)
-    print(markdown_table(record))
+    run_quality(settings, args.out)
+    print(render(args.out, args.readme))
     print(f"wrote {args.out}/quality.json, quality.md and plots")
 
 

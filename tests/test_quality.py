@@ -98,3 +98,24 @@ def test_quality_harness_smoke(tmp_path):
     assert len(saved["mag_ratios"]) == 6 and len(saved["tea_coefficients"]) == 5
     assert len(saved["consecutive_output_mae"]) == 5 and len(saved["profile"]["jx"]) == 6
     assert "| 50% | SenCache |" in (tmp_path / "quality.md").read_text()
+
+
+def test_render_fills_readme_block(tmp_path):
+    from sencache.quality import README_MARKERS, render
+
+    record = {"settings": {"steps": 4, "methods": ["sencache"], "budgets": [0.5]}, "eval_pairs": [{}],
+              "uncached": {"wall_s_mean": 1.0}, "device": "cpu", "torch_threads": 1, "profile": None,
+              "consecutive_output_mae": [0.3, 0.2, 0.1],
+              "results": [{"method": "sencache", "budget": 0.5, "threshold": 0.1, "nfe": {"mean": 2.0, "std": 0.0},
+                           **{k: {"mean": 0.5, "std": 0.1} for k in ("psnr", "ssim", "rel_l2", "wall_s")},
+                           "timelines": [[1, 0, 1, 0]]}]}
+    (tmp_path / "quality.json").write_text(json.dumps(record))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_MARKERS[0]}\nold table\n{README_MARKERS[1]}\nafter\n")
+    table = render(tmp_path, readme)
+    text = readme.read_text()
+    assert "old table" not in text and table in text and text.startswith("intro\n") and text.endswith("after\n")
+    assert "| 50% | SenCache | 0.1 | 2.0 ± 0.0 |" in table
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="quality-table"):
+        render(tmp_path, readme)
