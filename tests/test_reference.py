@@ -22,6 +22,19 @@ def test_clips_are_deterministic_functions_of_seed_and_index():
     assert clips.min() >= -1 and clips.max() <= 1
 
 
+def test_pack_is_an_exact_rearrangement():
+    clips, _ = data.sample_clips(3, seed=1, start=0)
+    latent = data.pack(clips)
+    assert latent.shape == (3, data.LATENT_CHANNELS, 5, data.SIZE, data.SIZE)
+    assert torch.equal(data.unpack(latent), clips)
+    # channel 4c + j of latent frame k holds colour c of frame 4(k-1) + 1 + j; latent frame 0 repeats frame 0
+    assert torch.equal(latent[:, 4 * 2 + 3, 2], clips[:, 2, 8]) and torch.equal(latent[:, 4 * 1 + 2, 0], clips[:, 1, 0])
+    with pytest.raises(ValueError, match="pack needs"):
+        data.pack(clips[:, :, :16])
+    with pytest.raises(ValueError, match="unpack needs"):
+        data.unpack(latent[:, :11])
+
+
 def _shape_track(clip: torch.Tensor, colour: str):
     """Per frame: (pixel count, centroid x, centroid y) of the pixels that have the shape's colour."""
     rgb = torch.tensor(data.COLOURS[colour]).view(3, 1, 1) * 2 - 1
@@ -77,7 +90,7 @@ def test_shipped_checkpoint_loads_and_samples():
     assert torch.isfinite(video).all() and video.min() >= 0 and video.max() <= 1
     latent = pipe(["red square rotate", "blue circle up-down"], num_inference_steps=2, output_type="latent",
                   generator=torch.Generator().manual_seed(0)).frames
-    assert latent.shape == (2, 3, data.FRAMES, data.SIZE, data.SIZE) and torch.isfinite(latent).all()
+    assert latent.shape == (2, data.LATENT_CHANNELS, 5, data.SIZE, data.SIZE) and torch.isfinite(latent).all()
     frames = pipe("red square rotate", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).frames
     assert frames.shape == (1, data.FRAMES, data.SIZE, data.SIZE, 3)  # np, like WanPipeline
 
@@ -111,4 +124,4 @@ def test_training_script_smoke(tmp_path):
                  "samples.gif", "sencache_profile.safetensors"):
         assert (tmp_path / name).is_file(), name
     pipe = load_reference_pipeline(tmp_path)
-    assert pipe("red circle grow", num_inference_steps=2, output_type="latent").frames.shape[2] == data.FRAMES
+    assert pipe("red circle grow", num_inference_steps=2, output_type="latent").frames.shape[1:3] == (12, 5)

@@ -1,9 +1,14 @@
 """Procedural video dataset of the reference model: coloured shapes that move, rotate or grow over textures.
 
 A condition is three words, ``"<colour> <shape> <motion>"`` (e.g. ``"red circle left-right"``): 4 colours x 3 shapes
-x 4 motions = 48 conditions. A clip is ``FRAMES`` frames of ``SIZE x SIZE`` RGB in [-1, 1], laid out like a video
-latent, ``[3, FRAMES, SIZE, SIZE]``. Clip ``i`` of seed ``s`` depends only on ``(s, i)``, so the dataset is an
-indexable, deterministic function (the tests check it).
+x 4 motions = 48 conditions. A clip is ``FRAMES`` frames of ``SIZE x SIZE`` RGB in [-1, 1], ``[3, FRAMES, SIZE,
+SIZE]``. Clip ``i`` of seed ``s`` depends only on ``(s, i)``, so the dataset is an indexable, deterministic function
+(the tests check it).
+
+The model works on a latent equivalent with Wan's temporal layout: :func:`pack` folds the 17 frames into 5 latent
+frames of 12 channels (the first frame alone, then groups of 4 consecutive frames, as Wan's causal VAE compresses
+time by 4), an exact, fixed rearrangement that :func:`unpack` inverts. It cuts the transformer's tokens from 1088 to
+320 per clip, which makes training on a CPU practical.
 
 Prompts become ``encoder_hidden_states`` through a fixed (not learned) random embedding per word; the unconditional
 input of classifier-free guidance is the all-zero sequence of the same length (:func:`null_embedding`).
@@ -24,16 +29,24 @@ __all__ = [
     "SHAPES",
     "SIZE",
     "TEXT_DIM",
+    "LATENT_CHANNELS",
     "condition_embedding",
     "null_embedding",
+    "pack",
     "parse_condition",
     "render_clip",
     "sample_clips",
+    "unpack",
 ]
 
 FRAMES = 17  # Wan pipelines take 4k+1 frames
 SIZE = 32
 TEXT_DIM = 32
+TEMPORAL = 4  # frames per latent frame after the first (Wan's VAE factor)
+LATENT_CHANNELS = 3 * TEMPORAL
+# Source frame of each (latent frame, slot): the first latent frame repeats frame 0, then 1-4, 5-8, ...
+_FRAME_OF = torch.tensor([[0] * TEMPORAL] + [[1 + TEMPORAL * k + j for j in range(TEMPORAL)]
+                                              for k in range((FRAMES - 1) // TEMPORAL)])
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.92, 0.12, 0.12),
     "green": (0.12, 0.82, 0.22),
@@ -87,6 +100,28 @@ def null_embedding(batch: int) -> torch.Tensor:
     return torch.zeros(batch, 3, TEXT_DIM)
 
 
+def pack(video: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, FRAMES, H, W]`` -> the model's latent ``[B, 12, 5, H, W]`` (channel ``4 c + j`` of latent frame
+    ``k`` is colour ``c`` of the ``j``-th frame folded into it)."""
+    b, c, f, h, w = video.shape
+    if c != 3 or f != FRAMES:
+        raise ValueError(f"pack needs [B, 3, {FRAMES}, H, W] clips, got {tuple(video.shape)}")
+    grouped = video[:, :, _FRAME_OF.to(video.device)]  # [B, 3, 5, 4, H, W]
+    return grouped.transpose(2, 3).reshape(b, LATENT_CHANNELS, _FRAME_OF.shape[0], h, w)
+
+
+def unpack(latent: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack`: ``[B, 12, 5, H, W]`` -> ``[B, 3, FRAMES, H, W]`` (frame 0 is the mean of its
+    copies, which for a packed clip are equal)."""
+    b, c, k, h, w = latent.shape
+    if c != LATENT_CHANNELS or k != _FRAME_OF.shape[0]:
+        raise ValueError(f"unpack needs [B, {LATENT_CHANNELS}, {_FRAME_OF.shape[0]}, H, W] latents, "
+                         f"got {tuple(latent.shape)}")
+    grouped = latent.reshape(b, 3, TEMPORAL, k, h, w).transpose(2, 3)  # [B, 3, 5, 4, H, W]
+    first = grouped[:, :, :1].mean(dim=3)
+    return torch.cat([first, grouped[:, :, 1:].reshape(b, 3, FRAMES - 1, h, w)], dim=2)
+
+
 def _texture(g: torch.Generator, yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
     """A static background: a dim, low-saturation base colour with two soft stripe patterns, ``[3, SIZE, SIZE]``."""
     r = torch.rand(9, generator=g, dtype=torch.float64)
@@ -94,7 +129,7 @@ def _texture(g: torch.Generator, yy: torch.Tensor, xx: torch.Tensor) -> torch.Te
     tex = torch.zeros(SIZE, SIZE, dtype=torch.float64)
     for k in range(2):
         angle, freq, phase = math.pi * r[4 + k], 0.25 + 0.45 * r[6 + k], 2 * math.pi * r[8] * (k + 1)
-        tex += 0.05 * torch.sin(freq * (xx * math.cos(angle) + yy * math.sin(angle)) + phase)
+        tex += 0.04 * torch.sin(freq * (xx * math.cos(angle) + yy * math.sin(angle)) + phase)
     return (base.view(3, 1, 1) + tex).clamp(0, 1)
 
 
@@ -128,7 +163,7 @@ def render_clip(condition: str, seed: int, index: int) -> torch.Tensor:
                             torch.arange(SIZE, dtype=torch.float64) + 0.5, indexing="ij")
     background = _texture(g, yy, xx)
     frames = torch.arange(FRAMES, dtype=torch.float64)
-    size = 5.5 + 2.0 * r[0]  # circumradius: every shape stays inside the frame
+    size = 6.0 + 2.5 * r[0]  # circumradius: every shape stays inside the frame
     margin = size + 1.0
     cx = torch.full((FRAMES,), margin + (SIZE - 2 * margin) * r[1], dtype=torch.float64)
     cy = torch.full((FRAMES,), margin + (SIZE - 2 * margin) * r[2], dtype=torch.float64)

@@ -1,8 +1,9 @@
 """The reference model: a small pixel-space ``WanTransformer3DModel`` and the ``WanPipeline`` that samples it.
 
-The transformer works directly on RGB clips (``[B, 3, 17, 32, 32]`` in [-1, 1], see :mod:`sencache.reference.data`),
-so the pipeline needs no VAE and no text encoder: :class:`ReferencePipeline` is ``WanPipeline`` with the prompt
-encoder replaced by the fixed word embeddings of the dataset and the latents taken as the video. Everything else
+The transformer works on RGB clips (``[B, 3, 17, 32, 32]`` in [-1, 1], see :mod:`sencache.reference.data`) folded
+into Wan's temporal layout (5 latent frames of 12 channels, an exact rearrangement), so the pipeline needs no VAE and
+no text encoder: :class:`ReferencePipeline` is ``WanPipeline`` with the prompt encoder replaced by the fixed word
+embeddings of the dataset and the "decoder" replaced by :func:`~sencache.reference.data.unpack`. Everything else
 (classifier-free guidance with separate cond/uncond transformer calls, the flow-matching scheduler, the denoising
 loop, callbacks) is diffusers' own code, so caching hooks see exactly what they see on Wan 2.1.
 """
@@ -15,10 +16,17 @@ from typing import Any
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file
 
-from sencache.reference.data import FRAMES, SIZE, TEXT_DIM, condition_embedding, null_embedding
+from sencache.reference.data import (
+    FRAMES,
+    LATENT_CHANNELS,
+    SIZE,
+    TEXT_DIM,
+    condition_embedding,
+    null_embedding,
+    unpack,
+)
 from sencache.tiny import _cast
 
 __all__ = ["CHECKPOINT_DIR", "DEFAULTS", "MODEL_CONFIG", "ReferencePipeline", "build_transformer",
@@ -26,13 +34,13 @@ __all__ = ["CHECKPOINT_DIR", "DEFAULTS", "MODEL_CONFIG", "ReferencePipeline", "b
 
 CHECKPOINT_DIR = Path(__file__).with_name("checkpoint")
 
-# 4 blocks of width 128 (4 heads of 32), 4x4 patches: 17 x 8 x 8 = 1088 tokens per clip, about 1.2M parameters.
+# 4 blocks of width 128 (4 heads of 32), 4x4 patches of the 12-channel latent: 5 x 8 x 8 = 320 tokens per clip.
 MODEL_CONFIG: dict[str, Any] = {
     "patch_size": (1, 4, 4),
     "num_attention_heads": 4,
     "attention_head_dim": 32,
-    "in_channels": 3,
-    "out_channels": 3,
+    "in_channels": LATENT_CHANNELS,
+    "out_channels": LATENT_CHANNELS,
     "text_dim": TEXT_DIM,
     "freq_dim": 64,
     "ffn_dim": 512,
@@ -49,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "width": SIZE,
     "num_frames": FRAMES,
     "num_inference_steps": 50,
-    "guidance_scale": 4.0,
+    "guidance_scale": 3.0,
 }
 SCHEDULER_SHIFT = 2.0
 
@@ -79,7 +87,7 @@ class ReferencePipeline(WanPipeline):
             raise ValueError("ReferencePipeline takes only a transformer and a scheduler (no text encoder, VAE or "
                              "second transformer)")
         super().__init__(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=transformer)
-        self.vae_scale_factor_spatial = 1  # pixel space; the temporal rule (4k+1 frames) is kept
+        self.vae_scale_factor_spatial = 1  # full resolution; time folds by 4 (4k+1 frames), as with Wan's VAE
 
     def encode_prompt(self, prompt: str | list[str] | None, negative_prompt: str | list[str] | None = None,
                       do_classifier_free_guidance: bool = True, num_videos_per_prompt: int = 1,
@@ -98,34 +106,24 @@ class ReferencePipeline(WanPipeline):
             negative_prompt_embeds = null_embedding(prompt_embeds.shape[0]).to(prompt_embeds)
         return prompt_embeds, negative_prompt_embeds
 
-    def prepare_latents(self, batch_size: int, num_channels_latents: int = 3, height: int = SIZE, width: int = SIZE,
-                        num_frames: int = FRAMES, dtype: torch.dtype | None = None,
-                        device: torch.device | None = None, generator: torch.Generator | None = None,
-                        latents: torch.Tensor | None = None) -> torch.Tensor:
-        """Initial noise in pixel space, ``[B, 3, num_frames, height, width]``."""
-        if latents is not None:
-            return latents.to(device=device, dtype=dtype)
-        shape = (batch_size, num_channels_latents, num_frames, height, width)
-        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-
     def __call__(self, prompt: str | list[str] | None = None, *, output_type: str = "np", return_dict: bool = True,
                  **kwargs: Any) -> WanPipelineOutput | tuple:
         """Generate clips; defaults: :data:`DEFAULTS`. ``output_type``: ``"np"``, ``"pil"``, ``"pt"`` or ``"latent"``.
 
-        ``"pt"`` gives ``[B, F, 3, H, W]`` in [0, 1], ``"np"`` ``[B, F, H, W, 3]``, ``"latent"`` the raw
-        ``[B, 3, F, H, W]`` in about [-1, 1].
+        ``"pt"`` gives ``[B, F, 3, H, W]`` in [0, 1], ``"np"`` ``[B, F, H, W, 3]``, ``"latent"`` the model's
+        ``[B, 12, 5, H, W]`` (:func:`~sencache.reference.data.unpack` turns it into ``[B, 3, F, H, W]`` in [-1, 1]).
         """
         for key, value in DEFAULTS.items():
             kwargs.setdefault(key, value)
         latents = super().__call__(prompt, output_type="latent", return_dict=True, **kwargs).frames
         video = latents if output_type == "latent" else self.video_processor.postprocess_video(
-            latents.float().clamp(-1, 1), output_type=output_type)
+            unpack(latents.float()).clamp(-1, 1), output_type=output_type)
         return WanPipelineOutput(frames=video) if return_dict else (video,)
 
 
 def load_reference_pipeline(checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
                             dtype: torch.dtype = torch.float32) -> ReferencePipeline:
-    """The trained reference model in its pipeline (50 flow-matching Euler steps, CFG 4 by default).
+    """The trained reference model in its pipeline (50 flow-matching Euler steps, CFG 3 by default).
 
     Args:
         checkpoint: directory written by ``python -m sencache.reference.train``; default: the shipped checkpoint.

@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sencache.reference.data import CONDITIONS, sample_clips
+from sencache.reference.data import CONDITIONS, pack, sample_clips
 from sencache.reference.model import CHECKPOINT_DIR, DEFAULTS, MODEL_CONFIG, build_transformer
 
 DATA_SEED = 0
-TRAIN = {"steps": 1500, "batch": 8, "lr": 6e-4, "warmup": 100, "weight_decay": 0.01, "ema": 0.998,
+TRAIN = {"steps": 3000, "batch": 16, "lr": 6e-4, "warmup": 100, "weight_decay": 0.01, "ema": 0.999,
          "cond_dropout": 0.1, "grad_clip": 1.0, "seed": 0, "data_seed": DATA_SEED}
 # Conditions shown in the sample grid: every colour, shape and motion at least once.
 GRID_CONDITIONS = ("red circle left-right", "green square up-down", "blue triangle rotate", "yellow circle grow",
@@ -70,11 +70,16 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, device:
     losses: list[tuple[int, float]] = []
     start = time.perf_counter()
     for step in tqdm(range(cfg["steps"]), desc="train reference model", mininterval=5):
-        x0, prompts = sample_clips(cfg["batch"], cfg["data_seed"], step * cfg["batch"])
+        clips, prompts = sample_clips(cfg["batch"], cfg["data_seed"], step * cfg["batch"])
+        x0 = pack(clips)
         cond = condition_embedding(prompts)
         drop = torch.rand(cfg["batch"], generator=noise_gen) < cfg["cond_dropout"]
         cond[drop] = 0.0
+        # noise levels: logit-normal, with a quarter drawn uniformly so that the nearly pure noise where sampling
+        # starts (and commits to position and colour) is trained too
         s = torch.sigmoid(torch.randn(cfg["batch"], generator=noise_gen))
+        uniform = torch.rand(cfg["batch"], generator=noise_gen)
+        s = torch.where(torch.rand(cfg["batch"], generator=noise_gen) < 0.25, uniform, s)
         noise = torch.randn(x0.shape, generator=noise_gen)
         sv = s.view(-1, 1, 1, 1, 1)
         xs = ((1 - sv) * x0 + sv * noise).to(device)
