@@ -250,7 +250,7 @@ class QualitySettings:
     eval_pairs: int = 16
     tune_pairs: int = 3
     calib_pairs: int = 8
-    search_iters: int = 5
+    search_iters: int = 6
     checkpoint: str | None = None
 
 

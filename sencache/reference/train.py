@@ -30,7 +30,7 @@ from sencache.reference.data import CONDITIONS, pack, sample_clips
 from sencache.reference.model import CHECKPOINT_DIR, DEFAULTS, MODEL_CONFIG, build_transformer
 
 DATA_SEED = 0
-TRAIN = {"steps": 3000, "batch": 16, "lr": 6e-4, "warmup": 100, "weight_decay": 0.01, "ema": 0.999,
+TRAIN = {"steps": 2400, "batch": 8, "lr": 6e-4, "warmup": 100, "weight_decay": 0.01, "ema": 0.998,
          "cond_dropout": 0.1, "grad_clip": 1.0, "seed": 0, "data_seed": DATA_SEED}
 # Conditions shown in the sample grid: every colour, shape and motion at least once.
 GRID_CONDITIONS = ("red circle left-right", "green square up-down", "blue triangle rotate", "yellow circle grow",
