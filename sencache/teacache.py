@@ -76,6 +76,11 @@ class _BlockHook(ModelHook):
         self.head, self.tail = head, tail
         self.on_input = on_input
 
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Called by the pipeline at the end of every call: the next call starts from step 0."""
+        self.state_manager.reset()
+        return module
+
     def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                     temb: torch.Tensor, rotary_emb: Any) -> torch.Tensor:
         if self.state_manager._context is None:
