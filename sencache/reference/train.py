@@ -96,7 +96,7 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, device:
             for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                 pe.lerp_(pm, 1 - cfg["ema"])
         if step % log_every == 0 or step == cfg["steps"] - 1:
-            losses.append((step, float(loss)))
+            losses.append((step, float(loss.detach())))
     wall = time.perf_counter() - start
 
     out.mkdir(parents=True, exist_ok=True)
