@@ -312,7 +312,6 @@ def run_quality(settings: QualitySettings, out_dir: str | Path, progress: bool =
 
         for budget in settings.budgets:
             thr = _search(nfe_of, *_RANGES[method], budget, settings.search_iters, tried)
-            gens = []
             with method_applied(pipe, method, thr, cal, steps):
                 gens = [run(p) for p in evals]
             results.append(_summarise(method, budget, thr, gens, refs, steps))
@@ -322,7 +321,7 @@ def run_quality(settings: QualitySettings, out_dir: str | Path, progress: bool =
         "settings": asdict(settings),
         "device": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
-        "versions": _versions(),
+        "versions": library_versions(),
         "date": time.strftime("%Y-%m-%d"),
         "uncached": {"wall_s_mean": sum(r.wall_s for r in refs) / len(refs), "nfe": steps},
         "eval_pairs": [asdict(p) for p in evals],
@@ -358,7 +357,8 @@ def _summarise(method: str, budget: float, threshold: float, gens: list[Generati
     }
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """torch, diffusers and Python versions, for the records of benchmark and training runs."""
     import diffusers
 
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()}

@@ -170,7 +170,7 @@ def fit_coefficients(pipe: Any, calls: Sequence[dict], degree: int = 4) -> list[
             inputs.clear()
             outputs.clear()
             pipe(**kwargs)
-            contexts = 2 if len(inputs) % 2 == 0 and len(inputs) == 2 * kwargs["num_inference_steps"] else 1
+            contexts = 2 if len(inputs) == 2 * kwargs["num_inference_steps"] else 1
             for c in range(contexts):  # calls alternate cond / uncond under CFG
                 ins, outs = inputs[c::contexts], outputs[c::contexts]
                 for k in range(1, len(ins)):

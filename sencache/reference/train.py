@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sencache.reference.data import CONDITIONS, pack, sample_clips
+from sencache.quality import library_versions
+from sencache.reference.data import CONDITIONS, condition_embedding, pack, sample_clips
 from sencache.reference.model import CHECKPOINT_DIR, DEFAULTS, MODEL_CONFIG, build_transformer
 
 DATA_SEED = 0
@@ -59,8 +60,6 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, device:
         log_every: loss logging interval in steps.
         sample_steps: sampler steps of the sample grid.
     """
-    from sencache.reference.data import condition_embedding
-
     cfg = dict(TRAIN, **{k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None})
     torch.manual_seed(cfg["seed"])
     model = build_transformer(cfg["seed"]).to(device).train()
@@ -101,29 +100,23 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, device:
 
     out.mkdir(parents=True, exist_ok=True)
     ema.eval().save_pretrained(out)
+    tail = [v for s_, v in losses if s_ >= cfg["steps"] - 100]
     record = {
+        "final_loss_mean_last_100": sum(tail) / max(1, len(tail)),
         "command": "python -m sencache.reference.train " + f"--out {out} --steps {cfg['steps']} --batch {cfg['batch']}"
                    f" --device {device}",
         "train": cfg, "model": {k: list(v) if isinstance(v, tuple) else v for k, v in MODEL_CONFIG.items()},
         "parameters": sum(p.numel() for p in ema.parameters()), "sampling_defaults": DEFAULTS,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "wall_s": round(wall, 1), "final_loss_mean_last_100": None,
-        "versions": _versions(), "date": time.strftime("%Y-%m-%d"),
+        "threads": torch.get_num_threads(), "wall_s": round(wall, 1),
+        "versions": library_versions(), "date": time.strftime("%Y-%m-%d"),
     }
-    tail = [v for s_, v in losses if s_ >= cfg["steps"] - 100]
-    record["final_loss_mean_last_100"] = sum(tail) / max(1, len(tail))
     (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "loss.csv").write_text("step,loss\n" + "".join(f"{s_},{v:.6f}\n" for s_, v in losses))
     _plot_loss(out / "loss.png", losses)
     write_samples(out, device=device, steps=sample_steps)
     write_profile(out, device=device, steps=sample_steps)
     return record
-
-
-def _versions() -> dict[str, str]:
-    import diffusers
-
-    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()}
 
 
 def _plot_loss(path: Path, losses: list[tuple[int, float]]) -> None:
