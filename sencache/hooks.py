@@ -2,7 +2,7 @@
 
 The transformer hook takes the decision on the deciding context's call (the first context of a pipeline call, e.g.
 Wan's "cond"); the other contexts (Wan's "uncond") follow it. Everything outside the block stack runs at the new
-timestep every step. Two execution modes:
+timestep every step. Execution modes:
 
 - ``"eager"``: the fused decision runs on the device and the hook reads its flag once on the host. The blocks then
   either run, the head recording ``blocks_in`` and the tail storing ``blocks_out - blocks_in`` as the context's
@@ -14,20 +14,29 @@ timestep every step. Two execution modes:
   live in buffers with static addresses (``mark_static_address``), kept across pipeline calls, so that CUDA-graph
   trees (``mode="reduce-overhead"``) keep the graph. The bookkeeping that cannot be on the device (step counting,
   start of a call, the step's tolerance and forcing) stays in Python outside the graph and reaches it as tensors.
+- ``"graph"``: each call replays a CUDA graph of the compiled mode's step in which the block stack sits under a
+  conditional IF node set from the device flag (:mod:`sencache.graph`); no host sync and one launch per call.
+- ``"auto"``: graph, else compiled, else eager, taking the first that works here and logging why each was passed
+  over. On a CPU latent it takes eager: the other modes remove GPU launch and synchronisation costs, which a CPU run
+  does not have.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import math
 import types
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
+from sencache import graph
 from sencache.adapters import Adapter, get_adapter
 from sencache.config import SenCacheConfig
 from sencache.stats import CallStats, StatsRecorder
@@ -41,7 +50,8 @@ except ImportError:  # pragma: no cover - depends on the installed diffusers
 _HOOK = "sencache"
 _BLOCK_HOOK = "sencache_block"
 _MAX_HISTORY = 64
-MODES = ("eager", "compiled")
+MODES = ("eager", "compiled", "graph", "auto")
+logger = logging.getLogger("sencache")
 
 
 def _arg_position(fn: Any, name: str) -> int | None:
@@ -110,12 +120,13 @@ class _DeviceSlot:
 
 @dataclass
 class _Active:
-    """What the block hooks do during the transformer's forward: ``compute`` True/False (eager), or None (compiled:
-    decided on the device, residuals in ``slot``)."""
+    """What the block hooks do during the transformer's forward: ``compute`` True/False (eager), or None (decided on
+    the device: compiled mode keeps the residuals in ``slot``; graph mode builds its capture in ``building``)."""
 
     compute: bool | None
     cs: _ContextState | None = None
     slot: _DeviceSlot | None = None
+    building: Any = None
 
 
 class _Shared:
@@ -128,6 +139,7 @@ class _Shared:
         self.active: _Active | None = None
         self.block_forwards: list[Any] = []  # the blocks' forwards below our hooks (compiled mode runs them)
         self.slots: dict[str, _DeviceSlot] = {}
+        self.states: OrderedDict[tuple, DecisionState] = OrderedDict()  # one per latent signature, kept across calls
         self.reset()
 
     def reset(self) -> None:
@@ -161,7 +173,9 @@ class SenCacheHook(ModelHook):
         self.config = config
         self.adapter = adapter
         self.scheduler = scheduler
-        self.mode = mode
+        self.requested_mode = mode
+        self.mode = mode  # the mode in use: "auto" until the first call resolves it; changes on a fallback
+        self._graphs: OrderedDict[tuple, graph.CapturedCall] = OrderedDict()
         # dynamic=False: one static graph per latent shape. With automatic dynamic shapes, a recompilation turns
         # module float attributes such as RMSNorm eps into symbols, which torch.cond cannot guard on.
         self._compile_options = {"dynamic": False, **(compile_options or {})}
@@ -205,8 +219,21 @@ class SenCacheHook(ModelHook):
         step_inputs = None
         if sh.leader is None or name == sh.leader:
             step_inputs = self._start_step(ctx, x, t)
+        if self.mode == "auto":
+            self._resolve_auto(x)
+        if self.mode == "graph":
+            try:
+                return self._forward_device(name, step_inputs, args, kwargs)
+            except graph.GraphUnavailable as exc:
+                self._fall_back(str(exc), "compiled" if self.requested_mode == "auto" else "eager")
         if self.mode == "compiled":
-            return self._forward_compiled(name, step_inputs, args, kwargs)
+            if self.requested_mode != "auto" or sh.signature in self._compiled:
+                return self._forward_device(name, step_inputs, args, kwargs)
+            try:  # auto: the first compiled call of a signature may still fail; the decision has not run then
+                return self._forward_device(name, step_inputs, args, kwargs)
+            except Exception as exc:  # noqa: BLE001 - any compile failure sends auto to eager
+                self._compiled.pop(sh.signature, None)
+                self._fall_back(f"torch.compile failed ({type(exc).__name__}: {exc})", "eager")
         if step_inputs is not None:
             self._decide_eager(x, *step_inputs)
         cs: _ContextState = self.state_manager.get_state()
@@ -222,30 +249,84 @@ class SenCacheHook(ModelHook):
         finally:
             sh.active = None
 
-    def _forward_compiled(self, name: str, step_inputs: tuple | None, args: tuple, kwargs: dict) -> Any:
+    def _resolve_auto(self, x: torch.Tensor) -> None:
+        """``mode="auto"``: take graph mode where it can run, else compiled on CUDA, else eager."""
+        if x.device.type != "cuda":
+            self._fall_back(f"the latent is on {x.device}, where eager mode has no host sync or launch cost to "
+                            "remove", "eager")
+            return
+        reason = graph.unavailable_reason(x)
+        if reason is None:
+            self.mode = "graph"
+            logger.info("SenCache: mode='auto' runs in graph mode")
+        else:
+            self._fall_back(f"graph mode is unavailable: {reason}", "compiled")
+
+    def _fall_back(self, reason: str, to: str) -> None:
+        """Switch to mode ``to``: a log record under ``mode="auto"``, else one warning."""
+        message = f"SenCache: {reason}; running in {to} mode instead (same outputs, only the speed differs)"
+        if self.requested_mode == "auto":
+            logger.info(message)
+        else:
+            warnings.warn(message, RuntimeWarning, stacklevel=5)
+        self.mode = to
+
+    def _forward_device(self, name: str, step_inputs: tuple | None, args: tuple, kwargs: dict) -> Any:
+        """Compiled and graph modes: the decision, the skip and the forward run on the device, with no host read."""
         sh = self.shared
-        slot = sh.slots.setdefault(name, _DeviceSlot())
-        slot.must_compute = slot.residual is None or slot.epoch != sh.epoch
         decide_inputs = None
         if step_inputs is not None:
             tb, eps, forced = step_inputs
             jx_now, jt_now = self.config.profile.lookup(tb, self.config.interpolation)
             sh.state.set_inputs(eps, forced)
             decide_inputs = (tb, jx_now, jt_now)
-        sh.active = _Active(None, slot=slot)
-        try:
-            out = self.compiled_step(sh.signature)(decide_inputs, args, kwargs)
-        finally:
-            sh.active = None
-        if slot.pending is not None:
-            slot.adopt()
-        slot.epoch = sh.epoch
+        if self.mode == "graph":
+            cap, leaves = self._captured(name, decide_inputs, args, kwargs)
+            must_compute = cap.epoch != sh.epoch
+            out = graph.replay(cap, leaves, must_compute)
+            cap.epoch = sh.epoch
+        else:
+            slot = sh.slots.setdefault(name, _DeviceSlot())
+            must_compute = slot.must_compute = slot.residual is None or slot.epoch != sh.epoch
+            sh.active = _Active(None, slot=slot)
+            try:
+                out = self.compiled_step(sh.signature)(decide_inputs, args, kwargs)
+            finally:
+                sh.active = None
+            if slot.pending is not None:
+                slot.adopt()
+            slot.epoch = sh.epoch
         if sh.recorder is not None:
             if step_inputs is not None:  # one snapshot of the flag per step serves every context's record
                 sh.step_flag = sh.state.flag.clone()
                 sh.recorder.record(tb, sh.state.score, self._threshold(eps), forced, sh.step_flag)
-            sh.recorder.count_stack_call(True if slot.must_compute else sh.step_flag)
+            sh.recorder.count_stack_call(True if must_compute else sh.step_flag)
         return out
+
+    def _captured(self, name: str, decide_inputs: tuple | None, args: tuple,
+                  kwargs: dict) -> tuple[graph.CapturedCall, list[Any]]:
+        """The captured graph of this call's signature (captured now if there is none for the current state), and the
+        call's flattened inputs."""
+        key, leaves = graph.signature_key(name, (decide_inputs, args, kwargs))
+        cap = self._graphs.get(key)
+        if cap is not None and cap.state is self.shared.state:
+            return cap, leaves
+        reason = graph.unavailable_reason(self.shared.state.x_ref)
+        if reason is not None:
+            raise graph.GraphUnavailable(reason)
+        cap = graph.capture_call(self._traced, self._building, self.shared.state, decide_inputs, args, kwargs)
+        self._graphs[key] = cap
+        while len(self._graphs) > graph.MAX_GRAPHS:
+            self._graphs.popitem(last=False)
+        return cap, leaves
+
+    @contextlib.contextmanager
+    def _building(self, building: Any) -> Any:
+        self.shared.active = _Active(None, building=building)
+        try:
+            yield
+        finally:
+            self.shared.active = None
 
     def compiled_step(self, signature: tuple) -> Any:
         """The compiled step for one latent signature (shape, dtype, device, steps), compiled on first use.
@@ -262,11 +343,14 @@ class SenCacheHook(ModelHook):
             self._compiled[signature] = fn
         return fn
 
-    def _traced(self, decide_inputs: tuple | None, args: tuple, kwargs: dict) -> Any:
-        """The compiled step: decision and reference update (deciding context only), then the forward."""
+    def _traced(self, decide_inputs: tuple | None, args: tuple, kwargs: dict,
+                state: DecisionState | None = None) -> Any:
+        """The compiled (and captured) step: decision and reference update of ``state`` (default: the shared one;
+        deciding context only), then the forward."""
         if decide_inputs is not None:
             x = _get_arg(args, kwargs, self.adapter.latent_arg, self._latent_pos)
-            self.shared.state.step(x, *decide_inputs, self.config.max_consecutive_skips)
+            (self.shared.state if state is None else state).step(x, *decide_inputs,
+                                                                 self.config.max_consecutive_skips)
         return self.fn_ref.original_forward(*args, **kwargs)
 
     def _num_steps(self, ctx_steps: int | None) -> int:
@@ -301,10 +385,14 @@ class SenCacheHook(ModelHook):
         step = sh.step + 1 if step_index is None else int(step_index)
         sh.step = step
         if sh.state is None or not sh.state.matches(x):
-            sh.state = DecisionState(x)
-            if self.mode == "compiled":
-                for buf in sh.state.buffers():
+            state_key = (tuple(x.shape), x.dtype, x.device)
+            sh.state = sh.states.get(state_key)
+            if sh.state is None:
+                sh.state = sh.states[state_key] = DecisionState(x)
+                for buf in sh.state.buffers():  # for compiled mode; graphs keep the addresses anyway
                     torch._dynamo.mark_static_address(buf)
+                while len(sh.states) > graph.MAX_GRAPHS:
+                    sh.states.popitem(last=False)
         eps = self.config.tolerance(step, num_steps)
         forced = step < self.force_first or step >= num_steps - self.force_last
         return tb, eps, forced
@@ -363,9 +451,11 @@ class SenCacheBlockHook(ModelHook):
         active = self.shared.active
         if active is None:  # called outside the hooked transformer's forward
             return self.fn_ref.original_forward(*args, **kwargs)
-        if active.compute is None:  # compiled: the head runs the whole stack, the other blocks pass through
+        if active.compute is None:  # on the device: the head runs the whole stack, the other blocks pass through
             carried = self._carried(args, kwargs)
-            if self.is_head:
+            if self.is_head and active.building is not None:
+                carried = active.building.stack(self, carried, args, kwargs)
+            elif self.is_head:
                 carried = self._stack_on_device(active.slot, carried, args, kwargs)
             return carried if self.adapter.blocks_update_encoder else carried[0]
         compute, cs = active.compute, active.cs
@@ -473,12 +563,15 @@ def apply_sencache(target: Any, config: SenCacheConfig, mode: str = "eager",
         target: a Wan, CogVideoX or LTX-Video pipeline, or its transformer. With a bare transformer outside a
             pipeline that reports its step count, set ``config.num_inference_steps``.
         config: the ``SenCacheConfig`` (with its ``SensitivityProfile``).
-        mode: ``"eager"`` (one host read of the decision flag per step) or ``"compiled"`` (the decision, the skip and
-            the transformer's forward in one ``torch.compile(fullgraph=True)`` graph; no host read). Wrapping a
+        mode: ``"eager"`` (one host read of the decision flag per step), ``"compiled"`` (the decision, the skip and
+            the transformer's forward in one ``torch.compile(fullgraph=True)`` graph; no host read), ``"graph"``
+            (each transformer call replays one CUDA graph with the block stack under a conditional node; no host
+            read; needs CUDA 12.4+ and the extension built with CUDA, else it warns once and runs eager) or
+            ``"auto"`` (graph, else compiled, else eager; the reasons go to the ``sencache`` logger). Wrapping a
             SenCache-enabled transformer in ``torch.compile`` yourself still gives correct results, but its
             host-side bookkeeping breaks the graph and recompiles at every step: use ``mode="compiled"``.
-        compile_options: extra ``torch.compile`` arguments for ``mode="compiled"``, e.g.
-            ``{"mode": "reduce-overhead"}`` for CUDA graphs or ``{"backend": "aot_eager"}``.
+        compile_options: extra ``torch.compile`` arguments for ``mode="compiled"`` (or ``"auto"`` when it falls back
+            to compiled), e.g. ``{"mode": "reduce-overhead"}`` for CUDA graphs or ``{"backend": "aot_eager"}``.
 
     Raises:
         ValueError: unsupported transformer or mode, a profile made for another transformer class or scheduler, or a
@@ -488,8 +581,8 @@ def apply_sencache(target: Any, config: SenCacheConfig, mode: str = "eager",
         raise ValueError(f"apply_sencache needs a SenCacheConfig, got {type(config).__name__}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if compile_options is not None and mode != "compiled":
-        raise ValueError("compile_options only apply to mode='compiled'")
+    if compile_options is not None and mode not in ("compiled", "auto"):
+        raise ValueError("compile_options only apply to mode='compiled' (or 'auto')")
     transformer, scheduler = _split(target)
     adapter = get_adapter(transformer)
     config.profile.check_compatible(transformer, scheduler)

@@ -252,6 +252,7 @@ class QualitySettings:
     calib_pairs: int = 8
     search_iters: int = 6
     checkpoint: str | None = None
+    device: str = "cpu"
 
 
 def _search(nfe_of: Callable[[float], float], lo: float, hi: float, target: float, iters: int,
@@ -279,7 +280,7 @@ def run_quality(settings: QualitySettings, out_dir: str | Path, progress: bool =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     steps = settings.steps
-    pipe = load_reference_pipeline(settings.checkpoint)
+    pipe = load_reference_pipeline(settings.checkpoint, device=settings.device)
     evals = make_pairs(settings.eval_pairs, seed_base=20_000)
     tunes = make_pairs(settings.tune_pairs, seed_base=30_000, offset=3)
     calibs = make_pairs(settings.calib_pairs, seed_base=40_000, offset=5)
@@ -319,7 +320,8 @@ def run_quality(settings: QualitySettings, out_dir: str | Path, progress: bool =
 
     record = {
         "settings": asdict(settings),
-        "device": platform.processor() or platform.machine(),
+        "device": (torch.cuda.get_device_name(settings.device) if settings.device.startswith("cuda")
+                   else platform.processor() or platform.machine()),
         "torch_threads": torch.get_num_threads(),
         "versions": library_versions(),
         "date": time.strftime("%Y-%m-%d"),
@@ -454,13 +456,18 @@ def render(out_dir: str | Path, readme: str | Path | None = None) -> str:
     (out / "quality.md").write_text(table)
     plot_all(record, out)
     if readme is not None:
-        text = Path(readme).read_text()
-        start, end = README_MARKERS
-        if start not in text or end not in text:
-            raise ValueError(f"{readme} has no {start} ... {end} block to fill")
-        head, rest = text.split(start, 1)
-        Path(readme).write_text(head + start + "\n" + table + rest[rest.index(end):])
+        fill_readme(readme, README_MARKERS, table)
     return table
+
+
+def fill_readme(readme: str | Path, markers: tuple[str, str], table: str) -> None:
+    """Replace what lies between the two ``markers`` lines of ``readme`` with ``table``."""
+    text = Path(readme).read_text()
+    start, end = markers
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start} ... {end} block to fill")
+    head, rest = text.split(start, 1)
+    Path(readme).write_text(head + start + "\n" + table + rest[rest.index(end):])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -476,6 +483,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib-pairs", type=int, default=d.calib_pairs, help="pairs used to calibrate methods")
     parser.add_argument("--search-iters", type=int, default=d.search_iters)
     parser.add_argument("--checkpoint", default=None, help="reference checkpoint directory (default: shipped)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs (default: cuda when available)")
     parser.add_argument("--render-only", action="store_true",
                         help="do not run: redraw the table and plots from OUT/quality.json")
     parser.add_argument("--readme", default=None, help="also write the table into this README's quality block")
@@ -489,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--budgets are fractions of the steps, in (0, 1)")
     settings = QualitySettings(steps=args.steps, budgets=tuple(args.budgets), methods=tuple(args.methods),
                                eval_pairs=args.eval_pairs, tune_pairs=args.tune_pairs, calib_pairs=args.calib_pairs,
-                               search_iters=args.search_iters, checkpoint=args.checkpoint)
+                               search_iters=args.search_iters, checkpoint=args.checkpoint, device=args.device)
     run_quality(settings, args.out)
     print(render(args.out, args.readme))
     print(f"wrote {args.out}/quality.json, quality.md and plots")

@@ -7,6 +7,9 @@
   device flag: the latent reference and the block-stack residual.
 - ``set_conditional(flag, handle)`` (``torch.ops.sencache.set_conditional``, CUDA builds): sets a CUDA-graph
   conditional handle from the flag.
+- ``capture_if(flag, body_graph)`` (``torch.ops.sencache.capture_if``, CUDA builds, during a capture): adds the
+  set-conditional kernel and an IF node running a copy of ``body_graph`` to the graph being captured;
+  ``has_conditional_nodes()`` says whether this build has it.
 - ``DecisionState``: the device-resident state those ops update, in registered buffers.
 
 Each op has a pure-torch reference (``*_ref``), which is also the CPU path and the test oracle. Importing this
@@ -16,7 +19,7 @@ package never initialises CUDA.
 from sencache_kernels.commit import commit_ref
 from sencache_kernels.decide import COMPUTE, NONFINITE, decide_ref, decide_triton
 from sencache_kernels.delta_norm import delta_norm_ref
-from sencache_kernels.ops import HAS_EXTENSION, SCHEMAS, commit, decide, delta_norm
+from sencache_kernels.ops import HAS_EXTENSION, SCHEMAS, commit, decide, delta_norm, has_conditional_nodes
 from sencache_kernels.state import DecisionState
 
 __all__ = [
@@ -32,4 +35,5 @@ __all__ = [
     "decide_triton",
     "delta_norm",
     "delta_norm_ref",
+    "has_conditional_nodes",
 ]

@@ -4,7 +4,8 @@ The compiled extension (``sencache_kernels._C``) defines the schemas with ``TORC
 provides CPU and Meta kernels (and CUDA kernels for ``commit`` and ``set_conditional`` when built with CUDA).
 Without it (no compiler, or ``SENCACHE_DISABLE_EXTENSION=1``), the same schemas are defined here with the pure-torch
 references as kernels and fake implementations for tracing, after one warning. Either way the ops are
-``torch.ops.sencache.{delta_norm,decide,commit,set_conditional}``.
+``torch.ops.sencache.{delta_norm,decide,commit,set_conditional,capture_if}``. The last two build CUDA graphs
+(``csrc/sencache/conditional.cu``) and exist on CUDA builds only; elsewhere they raise, saying why.
 
 ``decide`` on CUDA is the fused Triton kernel (``decide_triton``), registered here for the CUDA dispatch key; without
 Triton it falls back to the reference (still no host sync, but several launches).
@@ -31,6 +32,7 @@ SCHEMAS = {
     ),
     "commit": "commit(Tensor flag, Tensor src, Tensor? base, Tensor(a!) dst) -> ()",
     "set_conditional": "set_conditional(Tensor flag, int handle) -> ()",
+    "capture_if": "capture_if(Tensor flag, int body_graph) -> int",
 }
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -101,14 +103,34 @@ def check_commit_args(flag: torch.Tensor, src: torch.Tensor, base: torch.Tensor 
                          f"written by sencache::decide), got {flag.dtype} {tuple(flag.shape)} on {flag.device}")
 
 
+def _check_graph_flag(op: str, flag: torch.Tensor) -> None:
+    if flag.dtype != torch.int32 or flag.numel() != 1:
+        raise ValueError(f"sencache::{op}: flag must be a one-element torch.int32 tensor (the flag written by "
+                         f"sencache::decide), got {flag.dtype} of shape {tuple(flag.shape)}")
+
+
 def check_set_conditional_args(flag: torch.Tensor, handle: int) -> None:
     """Raise ValueError when ``set_conditional``'s arguments do not fit (same checks as the C++ op)."""
-    if flag.dtype != torch.int32 or flag.numel() != 1:
-        raise ValueError(f"sencache::set_conditional: flag must be a one-element torch.int32 tensor (the flag "
-                         f"written by sencache::decide), got {flag.dtype} of shape {tuple(flag.shape)}")
+    _check_graph_flag("set_conditional", flag)
     if handle == 0:
         raise ValueError("sencache::set_conditional: handle is 0; pass a handle made by "
                          "cudaGraphConditionalHandleCreate")
+
+
+def check_capture_if_args(flag: torch.Tensor, body_graph: int) -> None:
+    """Raise ValueError when ``capture_if``'s arguments do not fit (same checks as the C++ op)."""
+    _check_graph_flag("capture_if", flag)
+    if body_graph == 0:
+        raise ValueError("sencache::capture_if: body_graph is 0; pass the cudaGraph_t of a captured body "
+                         "(torch.cuda.CUDAGraph(keep_graph=True).raw_cuda_graph())")
+
+
+def has_conditional_nodes() -> bool:
+    """Whether ``capture_if`` has a CUDA kernel here (the extension was built with CUDA)."""
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key("sencache::capture_if", "CUDA")
+    except RuntimeError:  # an extension built before the op existed
+        return False
 
 
 if not HAS_EXTENSION:
@@ -135,6 +157,12 @@ if not HAS_EXTENSION:
     def _set_conditional_impl(flag, handle):
         check_set_conditional_args(flag, handle)
         raise RuntimeError("sencache::set_conditional needs the compiled extension built with CUDA "
+                           "(pip install --no-build-isolation -e . on a machine with nvcc and a CUDA torch)")
+
+    @torch.library.impl(_lib, "capture_if", "CompositeExplicitAutograd")
+    def _capture_if_impl(flag, body_graph):
+        check_capture_if_args(flag, body_graph)
+        raise RuntimeError("sencache::capture_if needs the compiled extension built with CUDA "
                            "(pip install --no-build-isolation -e . on a machine with nvcc and a CUDA torch)")
 
     @torch.library.register_fake("sencache::delta_norm", lib=_lib)

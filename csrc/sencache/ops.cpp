@@ -92,6 +92,14 @@ void check_latents(const char* op, const at::Tensor& x, const at::Tensor& x_ref)
   check_same_device(op, "x_ref", x_ref, x);
 }
 
+// The flag that set_conditional and capture_if read on the device: a one-element int32 (any device here).
+void check_graph_flag(const char* op, const at::Tensor& flag) {
+  check_defined(op, "flag", flag);
+  TORCH_CHECK_VALUE(flag.scalar_type() == at::kInt && flag.sym_numel() == 1, op,
+                    ": flag must be a one-element torch.int32 tensor (the flag written by sencache::decide), got ",
+                    dtype_name(flag.scalar_type()), " of shape ", flag.sym_sizes());
+}
+
 }  // namespace
 
 void check_delta_norm_args(const at::Tensor& x, const at::Tensor& x_ref) {
@@ -149,12 +157,15 @@ void check_commit_args(const at::Tensor& flag, const at::Tensor& src, const std:
 }
 
 void check_set_conditional_args(const at::Tensor& flag, int64_t handle) {
-  constexpr const char* op = "sencache::set_conditional";
-  check_defined(op, "flag", flag);
-  TORCH_CHECK_VALUE(flag.scalar_type() == at::kInt && flag.sym_numel() == 1, op,
-                    ": flag must be a one-element torch.int32 tensor (the flag written by sencache::decide), got ",
-                    dtype_name(flag.scalar_type()), " of shape ", flag.sym_sizes());
-  TORCH_CHECK_VALUE(handle != 0, op, ": handle is 0; pass a handle made by cudaGraphConditionalHandleCreate");
+  check_graph_flag("sencache::set_conditional", flag);
+  TORCH_CHECK_VALUE(handle != 0, "sencache::set_conditional: handle is 0; pass a handle made by "
+                    "cudaGraphConditionalHandleCreate");
+}
+
+void check_capture_if_args(const at::Tensor& flag, int64_t body_graph) {
+  check_graph_flag("sencache::capture_if", flag);
+  TORCH_CHECK_VALUE(body_graph != 0, "sencache::capture_if: body_graph is 0; pass the cudaGraph_t of a captured "
+                    "body (torch.cuda.CUDAGraph(keep_graph=True).raw_cuda_graph())");
 }
 
 at::Tensor delta_norm_aten(const at::Tensor& x, const at::Tensor& x_ref) {
@@ -248,6 +259,13 @@ void set_conditional_cpu(const at::Tensor& flag, int64_t handle) {
 
 void set_conditional_meta(const at::Tensor& flag, int64_t handle) { check_set_conditional_args(flag, handle); }
 
+int64_t capture_if_cpu(const at::Tensor& flag, int64_t body_graph) {
+  check_capture_if_args(flag, body_graph);
+  TORCH_CHECK_VALUE(false, "sencache::capture_if: flag is on the CPU; conditional nodes belong to CUDA graphs, so "
+                    "call it while capturing a CUDA graph, with the CUDA flag of a state that lives on the GPU");
+  return 0;
+}
+
 }  // namespace
 }  // namespace sencache
 
@@ -260,6 +278,7 @@ TORCH_LIBRARY(sencache, m) {
       "Tensor(f!) score, Tensor(g!) ticket, int max_skips) -> ()");
   m.def("commit(Tensor flag, Tensor src, Tensor? base, Tensor(a!) dst) -> ()");
   m.def("set_conditional(Tensor flag, int handle) -> ()");
+  m.def("capture_if(Tensor flag, int body_graph) -> int");
 }
 
 TORCH_LIBRARY_IMPL(sencache, CPU, m) {
@@ -267,6 +286,7 @@ TORCH_LIBRARY_IMPL(sencache, CPU, m) {
   m.impl("decide", &sencache::decide_cpu);
   m.impl("commit", &sencache::commit_cpu);
   m.impl("set_conditional", &sencache::set_conditional_cpu);
+  m.impl("capture_if", &sencache::capture_if_cpu);
 }
 
 TORCH_LIBRARY_IMPL(sencache, Meta, m) {

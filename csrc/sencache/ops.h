@@ -28,6 +28,9 @@ void check_commit_args(const at::Tensor& flag, const at::Tensor& src, const std:
 // Validate set_conditional's arguments (flag a one-element int32; a non-zero handle).
 void check_set_conditional_args(const at::Tensor& flag, int64_t handle);
 
+// Validate capture_if's arguments (flag a one-element int32; a non-null body graph).
+void check_capture_if_args(const at::Tensor& flag, int64_t body_graph);
+
 // Per-sample ||x[b] - x_ref[b]||_2 as float32 [B], with exactly the ATen calls of delta_norm_ref (any device).
 // Does not validate; call check_delta_norm_args first.
 at::Tensor delta_norm_aten(const at::Tensor& x, const at::Tensor& x_ref);

@@ -1,0 +1,204 @@
+"""Graph mode: each transformer call of a denoising step is one CUDA-graph replay, with the block stack under a
+conditional IF node whose predicate a kernel sets from the device decision flag. No host sync per step.
+
+One capture per (CFG context, input signature). A call copies its tensor inputs into the graph's static buffers
+(device to device), sets one device scalar, replays, and returns a copy of the graph's output. Capturing a
+signature takes three stages, all on the current device:
+
+1. **Warm-up.** One eager forward on a side stream, with a throwaway decision state, initialises libraries and
+   compiles Triton kernels. At the head block it runs the stack eagerly and then captures the **body**: the block
+   stack over static copies of the head block's inputs. The body writes its outputs and ``residual = blocks_out -
+   blocks_in`` into buffers that outlive every replay. It is captured with ``keep_graph=True`` in a memory pool of
+   its own, so its intermediates never alias tensors that the main graph keeps alive across the IF node.
+2. **Capture.** ``SenCacheHook._traced`` runs under ``torch.cuda.graph``: the decision and the reference update
+   (deciding context only), then the forward. At the head block, ``sencache::capture_if`` copies the block inputs
+   into the body's buffers and adds the set-conditional kernel and an IF node that runs a copy of the body. The head
+   then returns ``where(compute, blocks_out, blocks_in + residual)``, a select on the device. On a computed step
+   this is exactly ``blocks_out``, so at ``eps=0`` the output equals an uncached graph replay bit for bit.
+3. **Replay** at every call.
+
+The predicate is ``flag | COMPUTE`` while the context's residual is not yet valid in the current pipeline call (its
+first call, or a fresh capture), else the flag. The host tells the graph which case applies by filling one device
+boolean before the replay, which is no sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from sencache_kernels import COMPUTE, DecisionState, has_conditional_nodes
+
+MAX_GRAPHS = 8  # captured signatures kept per transformer; the oldest is dropped (and its memory freed) beyond
+
+
+class GraphUnavailable(RuntimeError):
+    """Graph mode cannot run here; the message says why (the hook falls back to another mode)."""
+
+
+def unavailable_reason(x: torch.Tensor) -> str | None:
+    """Why graph mode cannot run for latent ``x`` on this machine, or None when it may (the driver and the body's
+    node types are checked when capturing)."""
+    if x.device.type != "cuda":
+        return f"the latent is on {x.device}, and CUDA graphs need a CUDA device"
+    if not has_conditional_nodes():
+        return ("the sencache extension was built without CUDA; rebuild it with "
+                "`pip install --no-build-isolation -e .` where nvcc and a CUDA build of torch are available")
+    cuda = tuple(int(v) for v in (torch.version.cuda or "0.0").split(".")[:2])
+    if cuda < (12, 4):
+        return f"torch uses CUDA {torch.version.cuda}; conditional graph nodes need CUDA 12.4 or newer"
+    return None
+
+
+def _tensors(leaves: list[Any]) -> list[torch.Tensor]:
+    return [v for v in leaves if isinstance(v, torch.Tensor)]
+
+
+def _static_copy(leaves: list[Any]) -> list[Any]:
+    return [v.clone() if isinstance(v, torch.Tensor) else v for v in leaves]
+
+
+def signature_key(name: str, tree: Any) -> tuple[tuple, list[Any]]:
+    """``(key, leaves)``: what a captured graph is specific to (the context, the input structure, every tensor's
+    shape, dtype and device, and every other input's value, which the capture bakes in), and the inputs flattened."""
+    leaves, spec = tree_flatten(tree)
+    return (name, str(spec), tuple((tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor)
+                                   else ("value", repr(v)) for v in leaves)), leaves
+
+
+def _clone_output(obj: Any) -> Any:
+    """A copy of the graph's output tensors in the output's own structure (tuple, ModelOutput, tensor)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_clone_output(v) for v in obj)
+    if isinstance(obj, dict):
+        return type(obj)(**{k: _clone_output(v) for k, v in obj.items()})
+    return obj
+
+
+@dataclass
+class _Body:
+    """The block stack captured on its own, composed under the IF node of each main-graph capture."""
+
+    graph: torch.cuda.CUDAGraph
+    inputs: list[torch.Tensor]  # static copies of the head block's tensor inputs, in flatten order
+    carried: tuple[torch.Tensor, ...]  # those of them the blocks carry: (hidden,) or (hidden, encoder)
+    outputs: tuple[torch.Tensor, ...]  # the stack's outputs (in the body's pool)
+    residual: tuple[torch.Tensor, ...]  # blocks_out - blocks_in of the last computed step (outside every pool)
+
+
+@dataclass
+class CapturedCall:
+    """One captured transformer call: its graph, static inputs and output, and the state it was captured with."""
+
+    graph: torch.cuda.CUDAGraph
+    body: _Body
+    inputs: list[torch.Tensor]
+    output: Any
+    must: torch.Tensor  # device bool, set before each replay: compute whatever the flag says
+    state: DecisionState
+    epoch: int = -1  # the pipeline call whose residual the body's buffers hold (kept by the hook)
+
+
+class _Building:
+    """What the head block does while a call is being captured: its hook calls ``stack``."""
+
+    def __init__(self) -> None:
+        self.pred: torch.Tensor | None = None  # the predicate tensor of the graph being built
+        self.body: _Body | None = None
+        self.capturing = False
+
+    def stack(self, hook: Any, carried: tuple, args: tuple, kwargs: dict) -> tuple:
+        """The head block's replacement for the stack; ``hook`` is its ``SenCacheBlockHook``."""
+        if not self.capturing:  # warm-up: run the stack, then capture the body on static copies of its inputs
+            out = hook._run_stack(carried, args, kwargs)
+            self.body = self._capture_body(hook, args, kwargs)
+            return out
+        body = self.body
+        for dst, src in zip(body.inputs, _tensors(tree_flatten((args, kwargs))[0]), strict=True):
+            dst.copy_(src)
+        torch.ops.sencache.capture_if(self.pred, body.graph.raw_cuda_graph())
+        compute = (self.pred & COMPUTE) != 0
+        return tuple(torch.where(compute, o, c + r) for o, c, r in zip(body.outputs, body.carried, body.residual,
+                                                                      strict=True))
+
+    @staticmethod
+    def _capture_body(hook: Any, args: tuple, kwargs: dict) -> _Body:
+        leaves, spec = tree_flatten((args, kwargs))
+        static = _static_copy(leaves)
+        s_args, s_kwargs = tree_unflatten(static, spec)
+        carried = hook._carried(s_args, s_kwargs)
+        residual = tuple(torch.zeros_like(c) for c in carried)
+        graph = torch.cuda.CUDAGraph(keep_graph=True)  # never instantiated: a copy of it runs under the IF node
+        with torch.cuda.graph(graph):
+            outputs = tuple(hook._run_stack(carried, s_args, s_kwargs))
+            for o, c, r in zip(outputs, carried, residual, strict=True):
+                torch.sub(o, c, out=r)
+        return _Body(graph, _tensors(static), carried, outputs, residual)
+
+
+def capture_call(step_fn: Any, activate: Any, state: DecisionState, decide_inputs: tuple | None, args: tuple,
+                 kwargs: dict) -> CapturedCall:
+    """Capture one transformer call.
+
+    Args:
+        step_fn: ``step_fn(decide_inputs, args, kwargs, state)``: the decision (when ``decide_inputs`` is given)
+            and the transformer's forward with the block hooks active.
+        activate: ``activate(building)``: a context manager under which the head block hook calls
+            ``building.stack(hook, carried, args, kwargs)`` in place of the block stack.
+        state: the decision state whose flag drives the IF node.
+        decide_inputs, args, kwargs: this call's inputs (tensors are copied into static buffers).
+
+    Raises:
+        GraphUnavailable: an input lives off the latent's device, or capturing failed (the message says why).
+    """
+    leaves, spec = tree_flatten((decide_inputs, args, kwargs))
+    tensors = _tensors(leaves)
+    device = state.flag.device
+    off = [tuple(t.shape) for t in tensors if t.device != device]
+    if off:
+        raise GraphUnavailable(f"transformer inputs of shapes {off} are not on {device}; graph mode needs every "
+                               "tensor input on the latent's device")
+    static = _static_copy(leaves)
+    s_decide, s_args, s_kwargs = tree_unflatten(static, spec)
+    must = torch.ones((), dtype=torch.bool, device=device)
+    building = _Building()
+
+    def body_of_step(st: DecisionState) -> Any:
+        building.pred = st.flag | must.to(torch.int32) * COMPUTE
+        with activate(building):
+            return step_fn(s_decide, s_args, s_kwargs, st)
+
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            scratch = DecisionState(torch.empty_like(state.x_ref))
+            scratch.load_state_dict(state.state_dict())
+            body_of_step(scratch)  # warm-up on a copy of the state; captures the body
+        torch.cuda.current_stream(device).wait_stream(side)
+        building.capturing = True
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = body_of_step(state)
+    except (RuntimeError, ValueError) as exc:
+        raise GraphUnavailable(f"capturing the step failed: {exc}") from exc
+    return CapturedCall(graph, building.body, _tensors(static), output, must, state)
+
+
+def replay(cap: CapturedCall, leaves: list[Any], must_compute: bool) -> Any:
+    """Feed this call's inputs to a captured call, replay it and return a copy of its output (no host sync).
+
+    Args:
+        leaves: the call's flattened inputs (from :func:`signature_key`).
+        must_compute: run the block stack whatever the flag says (the context has no valid residual yet).
+    """
+    for dst, src in zip(cap.inputs, _tensors(leaves), strict=True):
+        dst.copy_(src)
+    cap.must.fill_(must_compute)
+    cap.graph.replay()
+    return _clone_output(cap.output)
