@@ -29,7 +29,7 @@ from sencache.reference.data import (
 )
 from sencache.tiny import _cast
 
-__all__ = ["CHECKPOINT_DIR", "DEFAULTS", "MODEL_CONFIG", "ReferencePipeline", "build_transformer",
+__all__ = ["CHECKPOINT_DIR", "DEFAULTS", "MODEL_CONFIG", "SCHEDULER_SHIFT", "ReferencePipeline", "build_transformer",
            "load_reference_pipeline"]
 
 CHECKPOINT_DIR = Path(__file__).with_name("checkpoint")

@@ -1,9 +1,10 @@
 """Train the reference model: ``python -m sencache.reference.train [--out DIR] [--steps N] [--device cuda]``.
 
-Rectified flow matching on the procedural dataset: ``x_s = (1 - s) x0 + s n`` with ``s ~ sigmoid(N(0, 1))``, the
-transformer predicts ``n - x0`` at timestep ``1000 s`` (the convention of diffusers' flow-matching schedulers), and
-10% of the conditions are replaced by the null sequence so that classifier-free guidance works. AdamW with warm-up
-and cosine decay; the checkpoint holds an exponential moving average of the weights.
+Rectified flow matching on the procedural dataset: ``x_s = (1 - s) x0 + s n`` with ``s ~ sigmoid(N(0, 1))`` moved
+to high noise by the sampler's shift (a quarter of the draws are uniform instead). The transformer predicts
+``n - x0`` at timestep ``1000 s`` (the convention of diffusers' flow-matching schedulers), and 10% of the conditions
+are replaced by the null sequence so that classifier-free guidance works. AdamW with warm-up and cosine decay; the
+checkpoint holds an exponential moving average of the weights.
 
 The output directory receives the checkpoint (``config.json`` + ``diffusion_pytorch_model.safetensors``), the
 training record (``train.json``: configuration, seeds, versions, device, wall time), the loss curve (``loss.csv``,
@@ -28,10 +29,10 @@ from tqdm.auto import tqdm
 
 from sencache.quality import library_versions
 from sencache.reference.data import CONDITIONS, condition_embedding, pack, sample_clips
-from sencache.reference.model import CHECKPOINT_DIR, DEFAULTS, MODEL_CONFIG, build_transformer
+from sencache.reference.model import CHECKPOINT_DIR, DEFAULTS, MODEL_CONFIG, SCHEDULER_SHIFT, build_transformer
 
 DATA_SEED = 0
-TRAIN = {"steps": 2400, "batch": 8, "lr": 6e-4, "warmup": 100, "weight_decay": 0.01, "ema": 0.998,
+TRAIN = {"steps": 5500, "batch": 8, "lr": 6e-4, "warmup": 100, "weight_decay": 0.01, "ema": 0.999,
          "cond_dropout": 0.1, "grad_clip": 1.0, "seed": 0, "data_seed": DATA_SEED}
 # Conditions shown in the sample grid: every colour, shape and motion at least once.
 GRID_CONDITIONS = ("red circle left-right", "green square up-down", "blue triangle rotate", "yellow circle grow",
@@ -77,6 +78,7 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, device:
         # noise levels: logit-normal, with a quarter drawn uniformly so that the nearly pure noise where sampling
         # starts (and commits to position and colour) is trained too
         s = torch.sigmoid(torch.randn(cfg["batch"], generator=noise_gen))
+        s = SCHEDULER_SHIFT * s / (1 + (SCHEDULER_SHIFT - 1) * s)  # the sampler's timestep shift: where it spends steps
         uniform = torch.rand(cfg["batch"], generator=noise_gen)
         s = torch.where(torch.rand(cfg["batch"], generator=noise_gen) < 0.25, uniform, s)
         noise = torch.randn(x0.shape, generator=noise_gen)
