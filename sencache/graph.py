@@ -107,8 +107,9 @@ class CapturedCall:
 class _Building:
     """What the head block does while a call is being captured: its hook calls ``stack``."""
 
-    def __init__(self) -> None:
-        self.pred: torch.Tensor | None = None  # the predicate tensor of the graph being built
+    def __init__(self, must: torch.Tensor) -> None:
+        self.must = must  # device bool: compute whatever the flag says
+        self.flag: torch.Tensor | None = None  # the decision flag of the state in use
         self.body: _Body | None = None
         self.capturing = False
 
@@ -121,8 +122,10 @@ class _Building:
         body = self.body
         for dst, src in zip(body.inputs, _tensors(tree_flatten((args, kwargs))[0]), strict=True):
             dst.copy_(src)
-        torch.ops.sencache.capture_if(self.pred, body.graph.raw_cuda_graph())
-        compute = (self.pred & COMPUTE) != 0
+        # read after the step's decision, which runs before the forward (SenCacheHook._traced)
+        pred = self.flag | self.must.to(torch.int32) * COMPUTE
+        _capture_if(pred, body.graph)
+        compute = (pred & COMPUTE) != 0
         return tuple(torch.where(compute, o, c + r) for o, c, r in zip(body.outputs, body.carried, body.residual,
                                                                       strict=True))
 
@@ -133,12 +136,39 @@ class _Building:
         s_args, s_kwargs = tree_unflatten(static, spec)
         carried = hook._carried(s_args, s_kwargs)
         residual = tuple(torch.zeros_like(c) for c in carried)
-        graph = torch.cuda.CUDAGraph(keep_graph=True)  # never instantiated: a copy of it runs under the IF node
-        with torch.cuda.graph(graph):
+
+        def body() -> tuple[torch.Tensor, ...]:
             outputs = tuple(hook._run_stack(carried, s_args, s_kwargs))
             for o, c, r in zip(outputs, carried, residual, strict=True):
                 torch.sub(o, c, out=r)
+            return outputs
+
+        graph, outputs = _capture(body, keep_graph=True)  # never instantiated: a copy runs under the IF node
         return _Body(graph, _tensors(static), carried, outputs, residual)
+
+
+# The three CUDA steps of a capture, as functions: the CPU tests replace them with stand-ins that run the captured
+# Python again at each replay, which checks everything else here without a GPU.
+def _capture(fn: Any, keep_graph: bool = False) -> tuple[Any, Any]:
+    """Capture ``fn()`` into a new CUDA graph with a memory pool of its own; return the graph and ``fn``'s output."""
+    graph = torch.cuda.CUDAGraph(keep_graph=keep_graph)
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+def _warm_up(device: torch.device, fn: Any) -> None:
+    """Run ``fn()`` on a side stream, after the current stream's work and before what follows on it."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
+def _capture_if(pred: torch.Tensor, body: Any) -> None:
+    """Add the set-conditional kernel and an IF node running a copy of ``body`` to the capture in progress."""
+    torch.ops.sencache.capture_if(pred, body.raw_cuda_graph())
 
 
 def capture_call(step_fn: Any, activate: Any, state: DecisionState, decide_inputs: tuple | None, args: tuple,
@@ -166,25 +196,22 @@ def capture_call(step_fn: Any, activate: Any, state: DecisionState, decide_input
     static = _static_copy(leaves)
     s_decide, s_args, s_kwargs = tree_unflatten(static, spec)
     must = torch.ones((), dtype=torch.bool, device=device)
-    building = _Building()
+    building = _Building(must)
 
     def body_of_step(st: DecisionState) -> Any:
-        building.pred = st.flag | must.to(torch.int32) * COMPUTE
+        building.flag = st.flag
         with activate(building):
             return step_fn(s_decide, s_args, s_kwargs, st)
 
+    def warm_up() -> None:  # on a copy of the state; captures the body
+        scratch = DecisionState(torch.empty_like(state.x_ref))
+        scratch.load_state_dict(state.state_dict())
+        body_of_step(scratch)
+
     try:
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            scratch = DecisionState(torch.empty_like(state.x_ref))
-            scratch.load_state_dict(state.state_dict())
-            body_of_step(scratch)  # warm-up on a copy of the state; captures the body
-        torch.cuda.current_stream(device).wait_stream(side)
+        _warm_up(device, warm_up)
         building.capturing = True
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            output = body_of_step(state)
+        graph, output = _capture(lambda: body_of_step(state))
     except (RuntimeError, ValueError) as exc:
         raise GraphUnavailable(f"capturing the step failed: {exc}") from exc
     return CapturedCall(graph, building.body, _tensors(static), output, must, state)

@@ -7,10 +7,12 @@ import warnings
 
 import pytest
 import torch
+from torch.utils._pytree import tree_flatten
 
 import sencache
+from sencache import graph as graph_mode
 from sencache import tiny
-from sencache_kernels import COMPUTE, has_conditional_nodes
+from sencache_kernels import COMPUTE, DecisionState, has_conditional_nodes
 from tests.test_integration import flat_profile, run
 
 requires_graph = pytest.mark.skipif(not (torch.cuda.is_available() and has_conditional_nodes()),
@@ -87,6 +89,100 @@ def test_graph_support_is_reported_absent_without_cuda():
     from sencache.graph import unavailable_reason
 
     assert "CUDA" in unavailable_reason(torch.zeros(1))
+
+
+class _Replaying:
+    """Stand-in for a captured CUDA graph on the CPU: ``replay`` runs the captured Python again and writes its
+    outputs into the tensors the capture returned, as a graph writes to fixed addresses. A capture itself runs the
+    Python once with ``capturing`` set: the decision and the IF node are then only recorded, not executed."""
+
+    capturing = False
+
+    def __init__(self, fn, out):
+        self.fn, self.out = fn, out
+
+    def replay(self):
+        new = self.fn()
+        for old, fresh in zip(tree_flatten(self.out)[0], tree_flatten(new)[0], strict=True):
+            old.copy_(fresh)
+
+
+@pytest.fixture
+def replaying(monkeypatch):
+    """Graph mode on the CPU with :class:`_Replaying` in place of the three CUDA steps; returns the captures."""
+    captures = []
+
+    def capture(fn, keep_graph=False):
+        _Replaying.capturing = True
+        try:
+            out = fn()
+        finally:
+            _Replaying.capturing = False
+        captures.append(_Replaying(fn, out))
+        return captures[-1], out
+
+    def capture_if(pred, body):
+        if not _Replaying.capturing and int(pred) & COMPUTE:
+            body.replay()
+
+    real_step = DecisionState.step
+
+    def step(self, *args, **kwargs):
+        if not _Replaying.capturing:
+            real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(graph_mode, "_capture", capture)
+    monkeypatch.setattr(graph_mode, "_warm_up", lambda device, fn: fn())
+    monkeypatch.setattr(graph_mode, "_capture_if", capture_if)
+    monkeypatch.setattr(graph_mode, "unavailable_reason", lambda x: None)
+    monkeypatch.setattr(DecisionState, "step", step)
+    return captures
+
+
+@pytest.fixture(scope="module")
+def cpu_pipes():
+    return {arch: tiny.build_pipeline(arch) for arch in tiny.ARCHITECTURES}
+
+
+@pytest.mark.parametrize("arch", tiny.ARCHITECTURES)
+def test_graph_mode_logic_equals_eager_with_replaying_stand_ins(arch, cpu_pipes, replaying):
+    pipe = cpu_pipes[arch]
+    cfg = sencache.SenCacheConfig(profile=flat_profile(pipe), **SKIPPY)
+    try:
+        want, want_stats = eager_run(pipe, arch, cfg)
+        want_other = run(pipe, arch, seed=5)
+        assert want_stats.skipped > 0
+        sencache.apply_sencache(pipe, cfg, mode="graph")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback
+            got = run(pipe, arch)
+            stats = sencache.get_stats(pipe)
+            again = run(pipe, arch)
+            other = run(pipe, arch, seed=5)
+        assert stats.computed == want_stats.computed and stats.forced == want_stats.forced
+        assert stats.block_stack_calls == want_stats.block_stack_calls
+        assert stats.scores == want_stats.scores
+        assert torch.equal(got, want) and torch.equal(again, want) and torch.equal(other, want_other)
+        # one main graph and one body per CFG context, captured on the first call and replayed since
+        contexts = 2 if arch == "wan" else 1
+        assert len(replaying) == 2 * contexts
+    finally:
+        sencache.remove_sencache(pipe)
+
+
+def test_graph_mode_captures_each_resolution_once_and_keeps_it(cpu_pipes, replaying):
+    pipe = cpu_pipes["wan"]
+    cfg = sencache.SenCacheConfig(profile=flat_profile(pipe), **SKIPPY)
+    sizes = ({}, {"height": 48, "width": 32})
+    try:
+        want = [eager_run(pipe, "wan", cfg, **size)[0] for size in sizes]
+        sencache.apply_sencache(pipe, cfg, mode="graph")
+        for _ in range(2):  # alternate: both signatures keep their graphs and decision states
+            for size, expected in zip(sizes, want, strict=True):
+                assert torch.equal(run(pipe, "wan", **size), expected)
+        assert len(replaying) == 2 * 2 * len(sizes)  # (main graph + body) x (cond, uncond) x resolutions
+    finally:
+        sencache.remove_sencache(pipe)
 
 
 # ----------------------------------------------------------------------------------------------------- GPU ---------
