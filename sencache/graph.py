@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from sencache_kernels import COMPUTE, DecisionState, has_conditional_nodes
 
@@ -65,19 +65,8 @@ def signature_key(name: str, tree: Any) -> tuple[tuple, list[Any]]:
     """``(key, leaves)``: what a captured graph is specific to (the context, the input structure, every tensor's
     shape, dtype and device, and every other input's value, which the capture bakes in), and the inputs flattened."""
     leaves, spec = tree_flatten(tree)
-    return (name, str(spec), tuple((tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor)
+    return (name, spec, tuple((tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor)
                                    else ("value", repr(v)) for v in leaves)), leaves
-
-
-def _clone_output(obj: Any) -> Any:
-    """A copy of the graph's output tensors in the output's own structure (tuple, ModelOutput, tensor)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_clone_output(v) for v in obj)
-    if isinstance(obj, dict):
-        return type(obj)(**{k: _clone_output(v) for k, v in obj.items()})
-    return obj
 
 
 @dataclass
@@ -228,4 +217,4 @@ def replay(cap: CapturedCall, leaves: list[Any], must_compute: bool) -> Any:
         dst.copy_(src)
     cap.must.fill_(must_compute)
     cap.graph.replay()
-    return _clone_output(cap.output)
+    return tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, cap.output)

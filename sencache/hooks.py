@@ -227,11 +227,13 @@ class SenCacheHook(ModelHook):
             except graph.GraphUnavailable as exc:
                 self._fall_back(str(exc), "compiled" if self.requested_mode == "auto" else "eager")
         if self.mode == "compiled":
-            if self.requested_mode != "auto" or sh.signature in self._compiled:
+            first = sh.signature not in self._compiled
+            try:
                 return self._forward_device(name, step_inputs, args, kwargs)
-            try:  # auto: the first compiled call of a signature may still fail; the decision has not run then
-                return self._forward_device(name, step_inputs, args, kwargs)
-            except Exception as exc:  # noqa: BLE001 - any compile failure sends auto to eager
+            except Exception as exc:
+                # auto: the first compiled call of a signature may fail to compile; the decision has not run then
+                if self.requested_mode != "auto" or not first:
+                    raise
                 self._compiled.pop(sh.signature, None)
                 self._fall_back(f"torch.compile failed ({type(exc).__name__}: {exc})", "eager")
         if step_inputs is not None:
