@@ -22,6 +22,17 @@ def test_clips_are_deterministic_functions_of_seed_and_index():
     assert clips.min() >= -1 and clips.max() <= 1
 
 
+def test_prefetched_batches_equal_the_in_loop_ones():
+    from sencache.reference.train import _batches
+
+    cfg = {"steps": 5, "batch": 2, "data_seed": 3}
+    inline, ahead = list(_batches(cfg, 0)), list(_batches(cfg, 2))
+    assert len(inline) == len(ahead) == 5
+    for (a, pa), (b, pb) in zip(inline, ahead, strict=True):
+        assert torch.equal(a, b) and pa == pb
+    assert not torch.equal(inline[0][0], inline[1][0])
+
+
 def test_pack_is_an_exact_rearrangement():
     clips, _ = data.sample_clips(3, seed=1, start=0)
     latent = data.pack(clips)

@@ -19,9 +19,13 @@ import argparse
 import copy
 import json
 import math
+import multiprocessing
 import os
 import platform
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -49,8 +53,28 @@ def _lr(step: int, cfg: dict) -> float:
     return cfg["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _batches(cfg: dict, workers: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """The training batches in order. With ``workers > 0`` they are rendered ahead in that many processes (a GPU
+    step is faster than rendering its clips on one core); each batch depends only on its step, so the stream is the
+    same either way."""
+    args = [(cfg["batch"], cfg["data_seed"], step * cfg["batch"]) for step in range(cfg["steps"])]
+    if workers <= 0:
+        yield from (sample_clips(*a) for a in args)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
+        pending: deque = deque()
+        for step in range(cfg["steps"]):
+            while len(pending) < 4 * workers and step + len(pending) < cfg["steps"]:
+                pending.append(pool.submit(sample_clips, *args[step + len(pending)]))
+            yield pending.popleft().result()
+
+
 def train(out: Path, steps: int | None = None, batch: int | None = None, device: str = "cpu",
-          log_every: int = 10, sample_steps: int = DEFAULTS["num_inference_steps"]) -> dict:
+          log_every: int = 10, sample_steps: int = DEFAULTS["num_inference_steps"], data_workers: int = 0) -> dict:
     """Train, write the checkpoint and its record into ``out``; return the record.
 
     Args:
@@ -60,6 +84,8 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, device:
         device: where to train (the data is generated on the CPU).
         log_every: loss logging interval in steps.
         sample_steps: sampler steps of the sample grid.
+        data_workers: processes rendering the clips ahead of the training loop (0: in the loop; the batches are
+            the same either way).
     """
     cfg = dict(TRAIN, **{k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None})
     torch.manual_seed(cfg["seed"])
@@ -69,8 +95,9 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, device:
     noise_gen = torch.Generator(device="cpu").manual_seed(cfg["seed"] + 1)
     losses: list[tuple[int, float]] = []
     start = time.perf_counter()
+    batches = _batches(cfg, data_workers)
     for step in tqdm(range(cfg["steps"]), desc="train reference model", mininterval=5):
-        clips, prompts = sample_clips(cfg["batch"], cfg["data_seed"], step * cfg["batch"])
+        clips, prompts = next(batches)
         x0 = pack(clips)
         cond = condition_embedding(prompts)
         drop = torch.rand(cfg["batch"], generator=noise_gen) < cfg["cond_dropout"]
@@ -98,6 +125,7 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, device:
                 pe.lerp_(pm, 1 - cfg["ema"])
         if step % log_every == 0 or step == cfg["steps"] - 1:
             losses.append((step, float(loss.detach())))
+    batches.close()  # stops the workers
     wall = time.perf_counter() - start
 
     out.mkdir(parents=True, exist_ok=True)
@@ -110,7 +138,7 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, device:
         "train": cfg, "model": {k: list(v) if isinstance(v, tuple) else v for k, v in MODEL_CONFIG.items()},
         "parameters": sum(p.numel() for p in ema.parameters()), "sampling_defaults": DEFAULTS,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "wall_s": round(wall, 1),
+        "threads": torch.get_num_threads(), "data_workers": data_workers, "wall_s": round(wall, 1),
         "versions": library_versions(), "date": time.strftime("%Y-%m-%d"),
     }
     (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -197,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {TRAIN['steps']})")
     parser.add_argument("--batch", type=int, default=None, help=f"clips per step (default {TRAIN['batch']})")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--data-workers", type=int, default=None, help="processes rendering clips ahead (default: "
+                        "up to 8 on a GPU, none on the CPU, where the training step needs every core)")
     parser.add_argument("--artifacts-only", action="store_true",
                         help="keep the checkpoint in --out; only redraw its sample grid and recalibrate its profile")
     args = parser.parse_args(argv)
@@ -205,7 +235,10 @@ def main(argv: list[str] | None = None) -> None:
         write_samples(args.out, device=args.device)
         print(f"wrote {write_profile(args.out, device=args.device)} and the sample grid")
         return
-    record = train(args.out, steps=args.steps, batch=args.batch, device=args.device)
+    workers = args.data_workers
+    if workers is None:
+        workers = min(8, (os.cpu_count() or 1) - 1) if args.device.startswith("cuda") else 0
+    record = train(args.out, steps=args.steps, batch=args.batch, device=args.device, data_workers=workers)
     print(f"wrote {args.out}: {record['parameters'] / 1e6:.2f}M parameters, {record['wall_s']:.0f} s, "
           f"final loss {record['final_loss_mean_last_100']:.4f}; conditions: {len(CONDITIONS)}")
 
