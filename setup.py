@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
 
 import torch
 from setuptools import find_packages, setup
@@ -38,6 +39,19 @@ def _use_cuda() -> bool:
     return available
 
 
+def _link_args() -> list[str]:
+    """Link libstdc++ as the shared library torch uses. Where the compiler's own directory holds only the static
+    archive (seen on a CUDA image), a plain link copies libstdc++ into the extension; streams then pass between that
+    copy and torch's, and formatting a shape into an error message crashed the process."""
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        found = subprocess.run([cxx, "-print-file-name=libstdc++.so"], capture_output=True, text=True,
+                               check=False).stdout.strip()
+    except OSError:
+        return []
+    return [] if os.path.isabs(found) and os.path.exists(found) else ["-l:libstdc++.so.6"]
+
+
 def _extension():
     sources = _sources("csrc/sencache/*.cpp") + ["csrc/python_module.cpp"]
     # The C++ standard is left to torch.utils.cpp_extension, which passes the one torch's headers need (C++20 for
@@ -52,8 +66,10 @@ def _extension():
             include_dirs=include_dirs,
             define_macros=[("SENCACHE_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-Xcompiler", "-ffp-contract=off"]},
+            extra_link_args=_link_args(),
         )
-    return CppExtension("sencache_kernels._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+    return CppExtension("sencache_kernels._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+                        extra_link_args=_link_args())
 
 
 setup(

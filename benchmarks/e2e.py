@@ -99,7 +99,8 @@ class Model:
     def __init__(self, name: str, spec: dict[str, Any], device: str, dtype: torch.dtype) -> None:
         self.name, self.spec = name, spec
         torch.manual_seed(0)
-        self.transformer = spec["cls"](**spec["config"]).to(device, dtype).eval().requires_grad_(False)
+        with torch.device(device):  # initialised where it runs (a CPU init of 2B parameters takes a minute)
+            self.transformer = spec["cls"](**spec["config"]).to(dtype).eval().requires_grad_(False)
         g = torch.Generator().manual_seed(1)
         self.latents = torch.randn(spec["latent"], generator=g).to(device, dtype)
         seq, width = spec["text"]
@@ -197,9 +198,9 @@ def time_loops(run: Callable[[], Any], repeats: int) -> list[float]:
     return times
 
 
-def count_syncs(run: Callable[[], Any]) -> int | None:
-    """Host syncs in one call of ``run``, as ``set_sync_debug_mode("warn")`` reports them (None without CUDA)."""
-    if not torch.cuda.is_available():
+def count_syncs(run: Callable[[], Any], device: torch.device) -> int | None:
+    """Host syncs in one call of ``run``, as ``set_sync_debug_mode("warn")`` reports them (None off CUDA)."""
+    if device.type != "cuda":
         return None
     _sync()
     with warnings.catch_warnings(record=True) as caught:
@@ -228,21 +229,23 @@ def methods(model: Model, steps: int, graph: bool) -> dict[str, tuple[Callable[[
         return lambda: sencache.apply_sencache(tr, cfg, mode=mode)
 
     none = lambda: None  # noqa: E731
-    out = {
-        "uncached eager": (none, plain_call),
-        "SenCache eps=0 eager": (sencache_with(0.0, "eager"), plain_call),
-        "SenCache pattern eager": (sencache_with(1e30, "eager"), plain_call),
-        "FirstBlockCache thr=0 eager": (lambda: tr.enable_cache(FirstBlockCacheConfig(threshold=0.0)), plain_call),
-        # ratios of 2 make MagCache's accumulated error at least 1 > threshold: it never skips
-        "MagCache thr=0 eager": (lambda: tr.enable_cache(MagCacheConfig(
-            threshold=0.0, num_inference_steps=steps, mag_ratios=[2.0] * steps)), plain_call),
-    }
-    if graph:
+    fbc = lambda: tr.enable_cache(FirstBlockCacheConfig(threshold=0.0))  # noqa: E731
+    # ratios of 2 make MagCache's accumulated error at least 1 > threshold: it never skips
+    mag = lambda: tr.enable_cache(MagCacheConfig(threshold=0.0, num_inference_steps=steps,  # noqa: E731
+                                                 mag_ratios=[2.0] * steps))
+    out = {"uncached eager": (none, plain_call)}
+    if graph:  # graph mode first: the baseline, then SenCache
         out.update({
             "uncached graph": (none, graphed_call),
             "SenCache eps=0 graph": (sencache_with(0.0, "graph"), plain_call),
             "SenCache pattern graph": (sencache_with(1e30, "graph"), plain_call),
         })
+    out.update({
+        "SenCache eps=0 eager": (sencache_with(0.0, "eager"), plain_call),
+        "SenCache pattern eager": (sencache_with(1e30, "eager"), plain_call),
+        "FirstBlockCache thr=0 eager": (fbc, plain_call),
+        "MagCache thr=0 eager": (mag, plain_call),
+    })
     return out
 
 
@@ -252,22 +255,8 @@ def remove_all(model: Model) -> None:
         model.transformer.disable_cache()
 
 
-def measure(model: Model, steps: int, repeats: int, graph: bool) -> dict[str, Any]:
-    rows = {}
-    for name, (apply, factory) in tqdm(methods(model, steps, graph).items(), desc=model.name, leave=False):
-        remove_all(model)
-        apply()
-        call = factory(model)
-        with torch.inference_mode():
-            times = time_loops(lambda call=call: denoise(model, call, steps), repeats)
-            syncs = count_syncs(lambda call=call: denoise(model, call, steps))
-        row = {"s_per_step": statistics.median(times) / steps, "spread": (min(times) / steps, max(times) / steps),
-               "host_syncs_per_step": None if syncs is None else syncs / steps}
-        if name.startswith("SenCache"):
-            stats = sencache.get_stats(model.transformer)
-            row.update(nfe=stats.nfe, steps=steps, mode=_hook(model.transformer).mode)
-        rows[name] = row
-        remove_all(model)
+def derive(rows: dict[str, Any], steps: int) -> None:
+    """Add each row's overhead against the uncached loop of its mode, and the pattern's speedup against the ideal."""
     for mode in ("eager", "graph"):
         base = rows.get(f"uncached {mode}")
         if base is None:
@@ -279,6 +268,28 @@ def measure(model: Model, steps: int, repeats: int, graph: bool) -> dict[str, An
                 row["speedup"] = base["s_per_step"] / row["s_per_step"]
                 row["ideal_speedup"] = steps / row["nfe"]
                 row["fraction_of_ideal"] = row["speedup"] / row["ideal_speedup"]
+
+
+def measure(model: Model, steps: int, repeats: int, graph: bool,
+            save: Callable[[dict[str, Any]], None] = lambda rows: None) -> dict[str, Any]:
+    """Every method's row for one model; ``save(rows)`` after each method (a cut-off run keeps what it measured)."""
+    rows: dict[str, Any] = {}
+    for name, (apply, factory) in tqdm(methods(model, steps, graph).items(), desc=model.name, leave=False):
+        remove_all(model)
+        apply()
+        call = factory(model)
+        with torch.inference_mode():
+            times = time_loops(lambda call=call: denoise(model, call, steps), repeats)
+            syncs = count_syncs(lambda call=call: denoise(model, call, steps), model.latents.device)
+        row = {"s_per_step": statistics.median(times) / steps, "spread": (min(times) / steps, max(times) / steps),
+               "host_syncs_per_step": None if syncs is None else syncs / steps}
+        if name.startswith("SenCache"):
+            stats = sencache.get_stats(model.transformer)
+            row.update(nfe=stats.nfe, steps=steps, mode=_hook(model.transformer).mode)
+        rows[name] = row
+        remove_all(model)
+        derive(rows, steps)
+        save(rows)
     return rows
 
 
@@ -318,20 +329,22 @@ def main(argv: list[str] | None = None) -> None:
         if device == "cuda" and not torch.cuda.is_available():
             raise SystemExit("benchmarks/e2e.py needs a CUDA GPU (or --smoke for a CPU check of the script)")
         dtype = torch.float32 if args.smoke else torch.bfloat16
-        results = {}
-        for name, spec in specs.items():
-            model = Model(name, spec, device, dtype)
-            results[name] = measure(model, args.steps, args.repeats, graph=device == "cuda")
-            del model
-            if device == "cuda":
-                torch.cuda.empty_cache()
         record = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)",
                   "dtype": str(dtype).removeprefix("torch."), "steps": args.steps, "repeats": args.repeats,
                   "versions": library_versions(), "date": time.strftime("%Y-%m-%d"),
                   "command": "python benchmarks/e2e.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                  "results": results}
+                  "results": {}}
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        for name, spec in specs.items():
+            model = Model(name, spec, device, dtype)
+            def save(rows: dict[str, Any], name: str = name) -> None:
+                record["results"][name] = rows
+                args.out.write_text(json.dumps(record, indent=2) + "\n")
+
+            measure(model, args.steps, args.repeats, graph=device == "cuda", save=save)
+            del model
+            if device == "cuda":
+                torch.cuda.empty_cache()
         source = args.out
     else:
         source = args.render

@@ -198,9 +198,10 @@ def capture_call(step_fn: Any, activate: Any, state: DecisionState, decide_input
         body_of_step(scratch)
 
     try:
-        _warm_up(device, warm_up)
-        building.capturing = True
-        graph, output = _capture(lambda: body_of_step(state))
+        with torch.no_grad():  # inference only: a replay records no autograd history either
+            _warm_up(device, warm_up)
+            building.capturing = True
+            graph, output = _capture(lambda: body_of_step(state))
     except (RuntimeError, ValueError) as exc:
         raise GraphUnavailable(f"capturing the step failed: {exc}") from exc
     return CapturedCall(graph, building.body, _tensors(static), output, must, state)
@@ -217,4 +218,9 @@ def replay(cap: CapturedCall, leaves: list[Any], must_compute: bool) -> Any:
         dst.copy_(src)
     cap.must.fill_(must_compute)
     cap.graph.replay()
-    return tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, cap.output)
+    return clone_tensors(cap.output)
+
+
+def clone_tensors(tree: Any) -> Any:
+    """``tree`` with every tensor cloned: outputs that a later replay would overwrite, handed out as fresh tensors."""
+    return tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, tree)

@@ -179,6 +179,9 @@ class SenCacheHook(ModelHook):
         # dynamic=False: one static graph per latent shape. With automatic dynamic shapes, a recompilation turns
         # module float attributes such as RMSNorm eps into symbols, which torch.cond cannot guard on.
         self._compile_options = {"dynamic": False, **(compile_options or {})}
+        options = self._compile_options.get("options") or {}
+        self._cudagraph_trees = bool(options.get("triton.cudagraphs", self._compile_options.get("mode") in (
+            "reduce-overhead", "max-autotune")))
         self._compiled: dict[tuple, Any] = {}
         self.state_manager = StateManager(_ContextState)
         self.shared = _Shared()
@@ -295,6 +298,8 @@ class SenCacheHook(ModelHook):
                 out = self.compiled_step(sh.signature)(decide_inputs, args, kwargs)
             finally:
                 sh.active = None
+            if self._cudagraph_trees:  # the next call's replay overwrites this output (CFG reads both)
+                out = graph.clone_tensors(out)
             if slot.pending is not None:
                 slot.adopt()
             slot.epoch = sh.epoch

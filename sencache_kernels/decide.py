@@ -101,10 +101,10 @@ def decide_ref(
 try:
     import triton
     import triton.language as tl
+
+    _FLT_MAX = tl.constexpr(3.4028234663852886e38)  # a constexpr: compiled Triton reads no plain globals
 except ImportError:  # pragma: no cover - platforms without Triton use the C++/reference ops
     triton = None
-
-_FLT_MAX = 3.4028234663852886e38
 
 # Elements per block iteration and program counts. 4096 elements = 16 per thread at 8 warps: two 16-byte loads per
 # thread and tensor in bf16. The chunk count targets up to 2048 programs per sample, enough to fill 132 SMs many times

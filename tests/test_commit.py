@@ -32,8 +32,8 @@ def test_commit_equals_reference_bitwise(device, dtype, with_base, value, gen):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
 def test_commit_strided_destination(device, gen):
-    src = torch.randn(4, 6, generator=gen, device=device)
-    base = torch.randn(6, 4, generator=gen, device=device).t()  # non-contiguous
+    src = torch.randn(4, 6, generator=gen).to(device)
+    base = torch.randn(6, 4, generator=gen).to(device).t()  # non-contiguous
     dst = torch.zeros(6, 4, device=device).t()
     sk.commit(flag(sk.COMPUTE, device), src, base, dst)
     assert torch.equal(dst, src - base)
@@ -60,8 +60,8 @@ def test_commit_bad_arguments(change, match, gen):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
 @pytest.mark.parametrize("with_base", [False, True])
 def test_commit_opcheck(device, with_base, gen):
-    src = torch.randn(2, 37, generator=gen, device=device).bfloat16()
-    base = torch.randn(2, 37, generator=gen, device=device).bfloat16() if with_base else None
+    src = torch.randn(2, 37, generator=gen).to(device).bfloat16()
+    base = torch.randn(2, 37, generator=gen).to(device).bfloat16() if with_base else None
     for value in (0, 1):
         torch.library.opcheck(torch.ops.sencache.commit.default,
                               (flag(value, device), src, base, torch.zeros_like(src)))
