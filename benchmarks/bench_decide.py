@@ -47,14 +47,12 @@ _COPY_GBPS: dict[int, float] = {}
 
 
 def _copy_bandwidth(nbytes: int) -> float:
-    """Device-to-device copy bandwidth (GB/s, read + write) measured at this size in this session."""
+    """Device-to-device copy bandwidth (GB/s, read + write) at this size in this session, from CUDA-graph replays
+    like the decision's ``graph_us`` (an event-timed single copy of a few MB times its launch)."""
     if nbytes not in _COPY_GBPS:
-        import triton.testing
-
         src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
         dst = torch.empty_like(src)
-        ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=500)
-        _COPY_GBPS[nbytes] = 2 * nbytes / (ms * 1e-3) / 1e9
+        _COPY_GBPS[nbytes] = 2 * nbytes / (_graph_us(lambda: dst.copy_(src)) * 1e-6) / 1e9
     return _COPY_GBPS[nbytes]
 
 

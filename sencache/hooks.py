@@ -8,12 +8,14 @@ timestep every step. Execution modes:
   either run, the head recording ``blocks_in`` and the tail storing ``blocks_out - blocks_in`` as the context's
   residual, or pass their inputs through, the head adding the cached residual.
 - ``"compiled"``: the decision, the reference update and the transformer's forward are one
-  ``torch.compile(fullgraph=True)`` graph with no host read. The head block runs the whole stack under
+  ``torch.compile(fullgraph=True)`` graph with no graph break. The head block runs the whole stack under
   ``torch.cond`` on the device flag (compute: every block; skip: ``blocks_in + residual``), ``sencache::commit``
   stores the new residual only on computed steps, and the other blocks pass through. Residuals and the decision state
-  live in buffers with static addresses (``mark_static_address``), kept across pipeline calls, so that CUDA-graph
-  trees (``mode="reduce-overhead"``) keep the graph. The bookkeeping that cannot be on the device (step counting,
-  start of a call, the step's tolerance and forcing) stays in Python outside the graph and reaches it as tensors.
+  live in buffers with static addresses (``mark_static_address``), kept across pipeline calls. Inductor runs
+  ``torch.cond`` by reading its predicate on the host (one sync per call, as in eager mode) and leaves graphs that
+  hold one out of CUDA-graph trees; only graph mode skips without a host read. The bookkeeping that cannot be on the
+  device (step counting, start of a call, the step's tolerance and forcing) stays in Python outside the graph and
+  reaches it as tensors.
 - ``"graph"``: each call replays a CUDA graph of the compiled mode's step in which the block stack sits under a
   conditional IF node set from the device flag (:mod:`sencache.graph`); no host sync and one launch per call.
 - ``"auto"``: graph, else compiled, else eager, taking the first that works here and logging why each was passed
@@ -277,7 +279,7 @@ class SenCacheHook(ModelHook):
         self.mode = to
 
     def _forward_device(self, name: str, step_inputs: tuple | None, args: tuple, kwargs: dict) -> Any:
-        """Compiled and graph modes: the decision, the skip and the forward run on the device, with no host read."""
+        """Compiled and graph modes: the decision, the skip and the forward in one compiled graph or CUDA graph."""
         sh = self.shared
         decide_inputs = None
         if step_inputs is not None:
@@ -571,14 +573,16 @@ def apply_sencache(target: Any, config: SenCacheConfig, mode: str = "eager",
             pipeline that reports its step count, set ``config.num_inference_steps``.
         config: the ``SenCacheConfig`` (with its ``SensitivityProfile``).
         mode: ``"eager"`` (one host read of the decision flag per step), ``"compiled"`` (the decision, the skip and
-            the transformer's forward in one ``torch.compile(fullgraph=True)`` graph; no host read), ``"graph"``
-            (each transformer call replays one CUDA graph with the block stack under a conditional node; no host
-            read; needs CUDA 12.4+ and the extension built with CUDA, else it warns once and runs eager) or
+            the transformer's forward in one ``torch.compile(fullgraph=True)`` graph; inductor reads the skip's
+            predicate on the host, one sync per call), ``"graph"`` (each transformer call replays one CUDA graph
+            with the block stack under a conditional node; no host read; needs CUDA 12.4+ and the extension built
+            with CUDA, else it warns once and runs eager) or
             ``"auto"`` (graph, else compiled, else eager; the reasons go to the ``sencache`` logger). Wrapping a
             SenCache-enabled transformer in ``torch.compile`` yourself still gives correct results, but its
             host-side bookkeeping breaks the graph and recompiles at every step: use ``mode="compiled"``.
         compile_options: extra ``torch.compile`` arguments for ``mode="compiled"`` (or ``"auto"`` when it falls back
-            to compiled), e.g. ``{"mode": "reduce-overhead"}`` for CUDA graphs or ``{"backend": "aot_eager"}``.
+            to compiled), e.g. ``{"mode": "reduce-overhead"}`` (CUDA-graph trees for the graphs without the skip's
+            ``torch.cond``; outputs are then copied out of the trees' memory) or ``{"backend": "aot_eager"}``.
 
     Raises:
         ValueError: unsupported transformer or mode, a profile made for another transformer class or scheduler, or a

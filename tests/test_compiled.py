@@ -111,15 +111,21 @@ def test_bad_mode_and_options(pipes):
 
 
 @requires_cuda
-def test_reduce_overhead_keeps_cuda_graphs():
-    """CUDA-graph trees keep the step graph: the state and residuals are static inputs, nothing is skipped."""
+def test_reduce_overhead_outputs_survive_the_next_call():
+    """CUDA-graph trees: Wan's CFG reads the cond output after the uncond call, whose replay reuses the trees' memory
+    (seen on an H100: "accessing tensor output of CUDAGraphs that has been overwritten"); the hook copies outputs out.
+
+    Inductor runs the skip's ``torch.cond`` with a host read of its predicate and leaves that graph out of the trees
+    (``lowering.cond``: "control flow operator: torch.cond"), so only the calls that compute regardless (each
+    context's first of a pipeline call) replay from the trees; the results must still equal eager mode."""
     pipe = tiny.build_pipeline("wan").to("cuda")
     cfg = sencache.SenCacheConfig(profile=flat_profile(pipe), eps=10.0, eps_start=10.0)
     want, want_stats = eager_reference(pipe, "wan", cfg)
+    assert 0 < want_stats.nfe < want_stats.num_steps  # steps are skipped: both graphs run
+    sencache.remove_sencache(pipe)
     sencache.apply_sencache(pipe, cfg, mode="compiled", compile_options={"mode": "reduce-overhead"})
-    torch._dynamo.utils.counters.clear()
     run(pipe, "wan")
-    got = run(pipe, "wan")
-    assert not torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
-    assert sencache.get_stats(pipe).computed == want_stats.computed
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for _ in range(2):  # trees record on a later call than the first, then replay
+        got = run(pipe, "wan")
+        assert sencache.get_stats(pipe).computed == want_stats.computed
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
