@@ -313,6 +313,19 @@ def markdown_table(record: dict[str, Any]) -> str:
 README_MARKERS = ("<!-- e2e-table:start -->", "<!-- e2e-table:end -->")
 
 
+def _extend(record: dict[str, Any], old: dict[str, Any], path: Path) -> None:
+    """Start ``record`` from an earlier run's results (``--append``); its settings must match."""
+    differ = [f"{k} {old[k]!r} there, {record[k]!r} now" for k in ("device", "dtype", "steps", "repeats")
+              if old[k] != record[k]]
+    if differ:
+        raise SystemExit(f"--append: {path} was measured with other settings ({'; '.join(differ)}); rerun with "
+                         "the same ones or write to another --out")
+    record["results"] = old["results"]
+    record["command"] = f"{old['command']} + {record['command']}"
+    if old["date"] != record["date"]:
+        record["date"] = f"{old['date']} + {record['date']}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python benchmarks/e2e.py", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/e2e.json"), help="results file")
@@ -322,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script only")
     parser.add_argument("--render", type=Path, help="only rewrite the table from this results file")
     parser.add_argument("--readme", type=Path, help="also fill the README block between the e2e-table markers")
+    parser.add_argument("--append", action="store_true", help="add these models to the results already in --out "
+                        "(measured with the same device, dtype, steps and repeats)")
     args = parser.parse_args(argv)
     if args.render is None:
         specs = SMOKE_MODELS if args.smoke else {k: MODELS[k] for k in args.models.split(",")}
@@ -334,6 +349,8 @@ def main(argv: list[str] | None = None) -> None:
                   "versions": library_versions(), "date": time.strftime("%Y-%m-%d"),
                   "command": "python benchmarks/e2e.py " + " ".join(sys.argv[1:] if argv is None else argv),
                   "results": {}}
+        if args.append and args.out.is_file():
+            _extend(record, json.loads(args.out.read_text()), args.out)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         for name, spec in specs.items():
             model = Model(name, spec, device, dtype)

@@ -52,3 +52,21 @@ def test_table_is_regenerated_from_the_results_file(smoke, tmp_path, capsys):
     text = readme.read_text()
     assert "old table" not in text and table in text and text.startswith("intro\n") and text.endswith(f"{end}\noutro\n")
     assert table in capsys.readouterr().out
+
+
+def test_append_adds_models_measured_with_the_same_settings(tmp_path):
+    out = tmp_path / "e2e.json"
+    e2e.main(["--smoke", "--steps", "2", "--repeats", "1", "--out", str(out)])
+    first = json.loads(out.read_text())
+    only_wan = {k: v for k, v in e2e.SMOKE_MODELS.items() if k.startswith("wan")}
+    out.write_text(json.dumps({**first, "results": {k: first["results"][k] for k in first["results"]
+                                                    if k not in only_wan}}))
+    e2e.SMOKE_MODELS, saved = only_wan, e2e.SMOKE_MODELS
+    try:
+        e2e.main(["--smoke", "--steps", "2", "--repeats", "1", "--out", str(out), "--append"])
+        with pytest.raises(SystemExit, match="steps 2 there, 3 now"):
+            e2e.main(["--smoke", "--steps", "3", "--repeats", "1", "--out", str(out), "--append"])
+    finally:
+        e2e.SMOKE_MODELS = saved
+    record = json.loads(out.read_text())
+    assert set(record["results"]) == set(first["results"]) and " + " in record["command"]

@@ -73,7 +73,7 @@ def _batches(cfg: dict, workers: int) -> Iterator[tuple[torch.Tensor, list[str]]
             yield pending.popleft().result()
 
 
-def train(out: Path, steps: int | None = None, batch: int | None = None, device: str = "cpu",
+def train(out: Path, steps: int | None = None, batch: int | None = None, lr: float | None = None, device: str = "cpu",
           log_every: int = 10, sample_steps: int = DEFAULTS["num_inference_steps"], data_workers: int = 0) -> dict:
     """Train, write the checkpoint and its record into ``out``; return the record.
 
@@ -81,13 +81,14 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, device:
         out: output directory (created).
         steps: optimizer steps (default ``TRAIN["steps"]``).
         batch: clips per step (default ``TRAIN["batch"]``).
+        lr: peak learning rate (default ``TRAIN["lr"]``).
         device: where to train (the data is generated on the CPU).
         log_every: loss logging interval in steps.
         sample_steps: sampler steps of the sample grid.
         data_workers: processes rendering the clips ahead of the training loop (0: in the loop; the batches are
             the same either way).
     """
-    cfg = dict(TRAIN, **{k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None})
+    cfg = dict(TRAIN, **{k: v for k, v in (("steps", steps), ("batch", batch), ("lr", lr)) if v is not None})
     torch.manual_seed(cfg["seed"])
     model = build_transformer(cfg["seed"]).to(device).train()
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -134,7 +135,7 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, device:
     record = {
         "final_loss_mean_last_100": sum(tail) / max(1, len(tail)),
         "command": "python -m sencache.reference.train " + f"--out {out} --steps {cfg['steps']} --batch {cfg['batch']}"
-                   f" --device {device}",
+                   f" --lr {cfg['lr']} --device {device}",
         "train": cfg, "model": {k: list(v) if isinstance(v, tuple) else v for k, v in MODEL_CONFIG.items()},
         "parameters": sum(p.numel() for p in ema.parameters()), "sampling_defaults": DEFAULTS,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
                         "checkpoint, overwritten)")
     parser.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {TRAIN['steps']})")
     parser.add_argument("--batch", type=int, default=None, help=f"clips per step (default {TRAIN['batch']})")
+    parser.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {TRAIN['lr']})")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data-workers", type=int, default=None, help="processes rendering clips ahead (default: "
                         "up to 8 on a GPU, none on the CPU, where the training step needs every core)")
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     workers = args.data_workers
     if workers is None:
         workers = min(8, (os.cpu_count() or 1) - 1) if args.device.startswith("cuda") else 0
-    record = train(args.out, steps=args.steps, batch=args.batch, device=args.device, data_workers=workers)
+    record = train(args.out, steps=args.steps, batch=args.batch, lr=args.lr, device=args.device, data_workers=workers)
     print(f"wrote {args.out}: {record['parameters'] / 1e6:.2f}M parameters, {record['wall_s']:.0f} s, "
           f"final loss {record['final_loss_mean_last_100']:.4f}; conditions: {len(CONDITIONS)}")
 
