@@ -136,3 +136,27 @@ def test_training_script_smoke(tmp_path):
         assert (tmp_path / name).is_file(), name
     pipe = load_reference_pipeline(tmp_path)
     assert pipe("red circle grow", num_inference_steps=2, output_type="latent").frames.shape[1:3] == (12, 5)
+
+
+def test_shipped_judge_recognises_held_out_clips():
+    from sencache.reference import judge
+
+    j = judge.load_judge(CHECKPOINT_DIR)
+    clips, prompts = data.sample_clips(48, seed=judge.EVAL_SEED, start=10_000)  # past the clips judged.json used
+    acc = judge.accuracy(j, clips, prompts)
+    assert acc["colour"] >= 0.95 and acc["motion"] >= 0.95 and acc["shape"] >= 0.8, acc
+    record = json.loads((CHECKPOINT_DIR / "judged.json").read_text())
+    assert record["num_samples"] >= len(data.CONDITIONS) and set(record["samples"]) == set(acc)
+
+
+def test_judge_trains_and_checks_its_inputs():
+    from sencache.reference import judge
+
+    j = judge.train_judge(steps=2, batch=3)
+    clips, prompts = data.sample_clips(3, seed=5, start=0)
+    acc = judge.accuracy(j, clips, prompts)
+    assert set(acc) == {"colour", "shape", "motion", "all"} and all(0 <= v <= 1 for v in acc.values())
+    with pytest.raises(ValueError, match="B prompts"):
+        judge.accuracy(j, clips, prompts[:2])
+    with pytest.raises(FileNotFoundError, match="--train"):
+        judge.load_judge("/nonexistent")
