@@ -116,21 +116,28 @@ def load_judge(checkpoint: str | Path) -> Judge:
     return judge.eval()
 
 
-def judge_checkpoint(checkpoint: Path, samples: int, device: str = "cpu") -> dict:
-    """Sample the reference model in ``checkpoint`` on ``samples`` held-out pairs and judge them (plus real clips)."""
-    from sencache.reference.model import load_reference_pipeline
+def judge_checkpoint(checkpoint: Path, samples: int, device: str = "cpu", steps: int | None = None,
+                     judge_dir: Path | None = None) -> dict:
+    """Sample the reference model in ``checkpoint`` on ``samples`` held-out pairs and judge them (plus real clips).
 
-    judge = load_judge(checkpoint)
+    Args:
+        steps: sampler steps (default: the pipeline's 50).
+        judge_dir: where the judge is saved (default: ``checkpoint``).
+    """
+    from sencache.reference.model import DEFAULTS, load_reference_pipeline
+
+    steps = steps or DEFAULTS["num_inference_steps"]
+    judge = load_judge(judge_dir or checkpoint)
     real, real_prompts = sample_clips(4 * len(CONDITIONS), EVAL_SEED, 0)
     pipe = load_reference_pipeline(checkpoint, device=device)
     prompts = [CONDITIONS[i % len(CONDITIONS)] for i in range(samples)]
     videos = []
     for i, prompt in enumerate(tqdm(prompts, desc="sample and judge")):
         gen = torch.Generator(device="cpu").manual_seed(SAMPLE_SEED + i)
-        frames = pipe(prompt, generator=gen, output_type="pt").frames[0].cpu()  # [F, 3, H, W] in [0, 1]
-        videos.append(frames.permute(1, 0, 2, 3) * 2 - 1)
+        frames = pipe(prompt, generator=gen, num_inference_steps=steps, output_type="pt").frames[0].cpu()
+        videos.append(frames.permute(1, 0, 2, 3) * 2 - 1)  # [F, 3, H, W] in [0, 1] -> [3, F, H, W] in [-1, 1]
     return {"real_clips": accuracy(judge, real, real_prompts), "samples": accuracy(judge, torch.stack(videos), prompts),
-            "num_real": len(real_prompts), "num_samples": samples, "sample_seed": SAMPLE_SEED,
+            "num_real": len(real_prompts), "num_samples": samples, "sample_seed": SAMPLE_SEED, "sampler_steps": steps,
             "judge_train": JUDGE_TRAIN, "date": time.strftime("%Y-%m-%d")}
 
 

@@ -8,8 +8,9 @@ checkpoint holds an exponential moving average of the weights.
 
 The output directory receives the checkpoint (``config.json`` + ``diffusion_pytorch_model.safetensors``), the
 training record (``train.json``: configuration, seeds, versions, device, wall time), the loss curve (``loss.csv``,
-``loss.png``), a sample grid of held-out seeds (``samples.png``, ``samples.gif``) and a SenCache sensitivity profile
-calibrated on the checkpoint (``sencache_profile.safetensors``, used by ``make demo``). The same command on the same
+``loss.png``), a sample grid of held-out seeds (``samples.png``, ``samples.gif``), a SenCache sensitivity profile
+calibrated on the checkpoint (``sencache_profile.safetensors``, used by ``make demo``) and the judge's verdict on 48
+samples (``judged.json``, :mod:`sencache.reference.judge`). The same command on the same
 machine type reproduces the checkpoint.
 """
 
@@ -44,6 +45,7 @@ GRID_CONDITIONS = ("red circle left-right", "green square up-down", "blue triang
                    "red triangle grow", "green circle rotate", "blue square left-right", "yellow triangle up-down")
 GRID_SEED = 10_000  # sampler noise seeds for the grid start here (held out from everything else)
 PROFILE_SEED, PROFILE_SAMPLES = 50_000, 8  # the shipped SenCache profile: 8 calibration runs (the paper's choice)
+JUDGE_SAMPLES = 48  # one sample per condition, judged after training (judged.json)
 
 
 def _lr(step: int, cfg: dict) -> float:
@@ -74,7 +76,8 @@ def _batches(cfg: dict, workers: int) -> Iterator[tuple[torch.Tensor, list[str]]
 
 
 def train(out: Path, steps: int | None = None, batch: int | None = None, lr: float | None = None, device: str = "cpu",
-          log_every: int = 10, sample_steps: int = DEFAULTS["num_inference_steps"], data_workers: int = 0) -> dict:
+          log_every: int = 10, sample_steps: int = DEFAULTS["num_inference_steps"], data_workers: int = 0,
+          judge_samples: int = JUDGE_SAMPLES) -> dict:
     """Train, write the checkpoint and its record into ``out``; return the record.
 
     Args:
@@ -87,6 +90,7 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, lr: flo
         sample_steps: sampler steps of the sample grid.
         data_workers: processes rendering the clips ahead of the training loop (0: in the loop; the batches are
             the same either way).
+        judge_samples: samples that the shipped judge classifies into ``judged.json`` (0: none).
     """
     cfg = dict(TRAIN, **{k: v for k, v in (("steps", steps), ("batch", batch), ("lr", lr)) if v is not None})
     torch.manual_seed(cfg["seed"])
@@ -147,6 +151,8 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, lr: flo
     _plot_loss(out / "loss.png", losses)
     write_samples(out, device=device, steps=sample_steps)
     write_profile(out, device=device, steps=sample_steps)
+    if judge_samples:
+        write_judged(out, judge_samples, device=device, steps=sample_steps)
     return record
 
 
@@ -219,6 +225,18 @@ def write_profile(out: Path, device: str = "cpu", steps: int = DEFAULTS["num_inf
     return path
 
 
+def write_judged(out: Path, samples: int = JUDGE_SAMPLES, device: str = "cpu",
+                 steps: int = DEFAULTS["num_inference_steps"]) -> dict:
+    """Judge ``samples`` samples of the checkpoint in ``out`` (:mod:`sencache.reference.judge`, the judge saved
+    there or else the shipped one); write and return ``judged.json``."""
+    from sencache.reference.judge import JUDGE_FILE, judge_checkpoint
+
+    judge_dir = out if (out / JUDGE_FILE).is_file() else CHECKPOINT_DIR
+    record = judge_checkpoint(out, samples, device=device, steps=steps, judge_dir=judge_dir)
+    (out / "judged.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sencache.reference.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR, help="output directory (default: the shipped "
@@ -230,19 +248,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-workers", type=int, default=None, help="processes rendering clips ahead (default: "
                         "up to 8 on a GPU, none on the CPU, where the training step needs every core)")
     parser.add_argument("--artifacts-only", action="store_true",
-                        help="keep the checkpoint in --out; only redraw its sample grid and recalibrate its profile")
+                        help="keep the checkpoint in --out; only redraw its sample grid, recalibrate its profile "
+                        "and judge its samples")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     if args.artifacts_only:
         write_samples(args.out, device=args.device)
-        print(f"wrote {write_profile(args.out, device=args.device)} and the sample grid")
+        write_judged(args.out, device=args.device)
+        print(f"wrote {write_profile(args.out, device=args.device)}, the sample grid and judged.json")
         return
     workers = args.data_workers
     if workers is None:
         workers = min(8, (os.cpu_count() or 1) - 1) if args.device.startswith("cuda") else 0
     record = train(args.out, steps=args.steps, batch=args.batch, lr=args.lr, device=args.device, data_workers=workers)
+    judged = json.loads((args.out / "judged.json").read_text())["samples"]
     print(f"wrote {args.out}: {record['parameters'] / 1e6:.2f}M parameters, {record['wall_s']:.0f} s, "
-          f"final loss {record['final_loss_mean_last_100']:.4f}; conditions: {len(CONDITIONS)}")
+          f"final loss {record['final_loss_mean_last_100']:.4f}; conditions: {len(CONDITIONS)}; samples judged: "
+          + ", ".join(f"{k} {v:.0%}" for k, v in judged.items()))
 
 
 if __name__ == "__main__":
