@@ -40,9 +40,10 @@ def _use_cuda() -> bool:
 
 
 def _link_args() -> list[str]:
-    """Link libstdc++ as the shared library torch uses. Where the compiler's own directory holds only the static
-    archive (seen on a CUDA image), a plain link copies libstdc++ into the extension; streams then pass between that
-    copy and torch's, and formatting a shape into an error message crashed the process."""
+    """Link libstdc++ as the shared library torch uses, named explicitly where the compiler does not resolve
+    ``libstdc++.so`` (then a plain link can take the static archive). On two H100 machines a build carried its own
+    copy of libstdc++ and formatting a shape into an error message crashed the process; that this was the cause is
+    inferred from the backtrace (tests/test_setup.py checks every build for such a copy)."""
     cxx = os.environ.get("CXX", "c++")
     try:
         found = subprocess.run([cxx, "-print-file-name=libstdc++.so"], capture_output=True, text=True,
@@ -59,6 +60,7 @@ def _extension():
     # build and a .so of ~100 KB instead of ~3.4 MB). -ffp-contract=off: the decision must round like the reference.
     cxx = ["-O3", "-g0", "-ffp-contract=off"]
     include_dirs = [os.path.join(ROOT, "csrc")]
+    link = _link_args()
     if _use_cuda():
         return CUDAExtension(
             "sencache_kernels._C",
@@ -66,10 +68,10 @@ def _extension():
             include_dirs=include_dirs,
             define_macros=[("SENCACHE_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-Xcompiler", "-ffp-contract=off"]},
-            extra_link_args=_link_args(),
+            extra_link_args=link,
         )
     return CppExtension("sencache_kernels._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
-                        extra_link_args=_link_args())
+                        extra_link_args=link)
 
 
 setup(

@@ -3,9 +3,10 @@
 #
 # On a machine with a CUDA build of torch, nvcc and the project's Python dependencies: builds the extension with CUDA,
 # runs the test suite (its GPU tests included; pytest-xdist and pytest-timeout if present), the decision
-# microbenchmark and the end-to-end benchmark, writing logs and results into OUT_DIR. On an H100 (2026-11-22): build
-# ~50 s, tests ~150 s with 8 workers, microbenchmark ~30 s, e2e ~2.5 min for LTX-Video, ~2.5 min for CogVideoX-2B
-# and ~5 min for Wan 2.1 1.3B at --steps 6 --repeats 3. Copy the results into benchmarks/results/ and render them
+# microbenchmark and the end-to-end benchmark, writing logs and results into OUT_DIR. Seen on an H100 (2026-11-22):
+# build ~50 s, the GPU test files ~150 s with 8 workers, microbenchmark ~30 s, e2e ~4-5 min for LTX-Video and
+# CogVideoX-2B together; Wan 2.1 1.3B took 31-38 s per method (8 methods) at --steps 6. Copy the results into
+# benchmarks/results/ and render them
 # (`python benchmarks/e2e.py --render ... --readme README.md`).
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [E2E_MODELS]}

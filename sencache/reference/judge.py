@@ -36,6 +36,7 @@ JUDGE_DATA_SEED = 1  # the reference model trains on seed 0
 JUDGE_TRAIN = {"steps": 1500, "batch": 32, "lr": 2e-3, "seed": 0}
 EVAL_SEED = 2  # held-out real clips that measure the judge itself
 SAMPLE_SEED = 70_000  # sampler noise seeds of the judged samples (held out from training, grid and profile seeds)
+SAMPLES = len(CONDITIONS)  # judged samples: one per condition
 JUDGE_FILE = "judge.safetensors"
 
 
@@ -141,21 +142,31 @@ def judge_checkpoint(checkpoint: Path, samples: int, device: str = "cpu", steps:
             "judge_train": JUDGE_TRAIN, "date": time.strftime("%Y-%m-%d")}
 
 
+def write_judged(checkpoint: Path, samples: int = SAMPLES, device: str = "cpu", steps: int | None = None) -> dict:
+    """:func:`judge_checkpoint` with the judge saved in ``checkpoint`` (else the shipped one); writes and returns
+    ``judged.json`` there."""
+    from sencache.reference.model import CHECKPOINT_DIR
+
+    judge_dir = checkpoint if (checkpoint / JUDGE_FILE).is_file() else CHECKPOINT_DIR
+    record = judge_checkpoint(checkpoint, samples, device=device, steps=steps, judge_dir=judge_dir)
+    (checkpoint / "judged.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def main(argv: list[str] | None = None) -> None:
     from sencache.reference.model import CHECKPOINT_DIR
 
     parser = argparse.ArgumentParser(prog="python -m sencache.reference.judge", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT_DIR, help="reference checkpoint directory")
     parser.add_argument("--train", action="store_true", help=f"train the judge and save {JUDGE_FILE} there first")
-    parser.add_argument("--samples", type=int, default=len(CONDITIONS), help="samples to judge (conditions in turn)")
+    parser.add_argument("--samples", type=int, default=SAMPLES, help="samples to judge (conditions in turn)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     if args.train:
         judge = train_judge()
         save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(args.checkpoint / JUDGE_FILE))
-    record = judge_checkpoint(args.checkpoint, args.samples, args.device)
-    (args.checkpoint / "judged.json").write_text(json.dumps(record, indent=2) + "\n")
+    record = write_judged(args.checkpoint, args.samples, args.device)
     for name in ("real_clips", "samples"):
         print(f"{name}: " + ", ".join(f"{k} {v:.0%}" for k, v in record[name].items()))
 

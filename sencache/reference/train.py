@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 
 from sencache.quality import library_versions
 from sencache.reference.data import CONDITIONS, condition_embedding, pack, sample_clips
+from sencache.reference.judge import SAMPLES as JUDGE_SAMPLES
+from sencache.reference.judge import write_judged
 from sencache.reference.model import CHECKPOINT_DIR, DEFAULTS, MODEL_CONFIG, SCHEDULER_SHIFT, build_transformer
 
 DATA_SEED = 0
@@ -45,7 +47,6 @@ GRID_CONDITIONS = ("red circle left-right", "green square up-down", "blue triang
                    "red triangle grow", "green circle rotate", "blue square left-right", "yellow triangle up-down")
 GRID_SEED = 10_000  # sampler noise seeds for the grid start here (held out from everything else)
 PROFILE_SEED, PROFILE_SAMPLES = 50_000, 8  # the shipped SenCache profile: 8 calibration runs (the paper's choice)
-JUDGE_SAMPLES = 48  # one sample per condition, judged after training (judged.json)
 
 
 def _lr(step: int, cfg: dict) -> float:
@@ -90,7 +91,7 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, lr: flo
         sample_steps: sampler steps of the sample grid.
         data_workers: processes rendering the clips ahead of the training loop (0: in the loop; the batches are
             the same either way).
-        judge_samples: samples that the shipped judge classifies into ``judged.json`` (0: none).
+        judge_samples: samples that the judge classifies into ``judged.json`` (0: none).
     """
     cfg = dict(TRAIN, **{k: v for k, v in (("steps", steps), ("batch", batch), ("lr", lr)) if v is not None})
     torch.manual_seed(cfg["seed"])
@@ -223,18 +224,6 @@ def write_profile(out: Path, device: str = "cpu", steps: int = DEFAULTS["num_inf
     path = out / "sencache_profile.safetensors"
     profile.save(str(path))
     return path
-
-
-def write_judged(out: Path, samples: int = JUDGE_SAMPLES, device: str = "cpu",
-                 steps: int = DEFAULTS["num_inference_steps"]) -> dict:
-    """Judge ``samples`` samples of the checkpoint in ``out`` (:mod:`sencache.reference.judge`, the judge saved
-    there or else the shipped one); write and return ``judged.json``."""
-    from sencache.reference.judge import JUDGE_FILE, judge_checkpoint
-
-    judge_dir = out if (out / JUDGE_FILE).is_file() else CHECKPOINT_DIR
-    record = judge_checkpoint(out, samples, device=device, steps=steps, judge_dir=judge_dir)
-    (out / "judged.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
 
 
 def main(argv: list[str] | None = None) -> None:
