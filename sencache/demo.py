@@ -24,7 +24,7 @@ from sencache.quality import psnr, ssim
 
 MODELS = ("reference", *tiny.ARCHITECTURES)
 # Per model: steps, eps, eps_start. Reference: the SenCache point near 50% NFE of the committed quality run.
-_DEFAULTS = {"reference": (50, 0.19, 0.19 * 0.005 / 0.07), "tiny": (30, 0.1, 0.01)}
+_DEFAULTS = {"reference": (50, 0.165, 0.165 * 0.005 / 0.07), "tiny": (30, 0.1, 0.01)}
 
 
 def save_side_by_side_gif(path: str, *videos: torch.Tensor, fps: int = 6, scale: int = 4) -> str:

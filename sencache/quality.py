@@ -17,6 +17,7 @@ import io
 import json
 import math
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -273,8 +274,10 @@ def _search(nfe_of: Callable[[float], float], lo: float, hi: float, target: floa
     return min(tried, key=lambda t: (abs(tried[t] - target), -t))
 
 
-def run_quality(settings: QualitySettings, out_dir: str | Path, progress: bool = True) -> dict:
-    """Run the benchmark; write ``quality.json``, ``quality.md`` and the plots into ``out_dir``; return the record."""
+def run_quality(settings: QualitySettings, out_dir: str | Path, progress: bool = True,
+                command: str | None = None) -> dict:
+    """Run the benchmark; write ``quality.json``, ``quality.md`` and the plots into ``out_dir``; return the record.
+    ``command``: the command line that ran it, kept in the record."""
     from sencache.reference.model import load_reference_pipeline
 
     out = Path(out_dir)
@@ -325,6 +328,7 @@ def run_quality(settings: QualitySettings, out_dir: str | Path, progress: bool =
         "torch_threads": torch.get_num_threads(),
         "versions": library_versions(),
         "date": time.strftime("%Y-%m-%d"),
+        "command": command,
         "uncached": {"wall_s_mean": sum(r.wall_s for r in refs) / len(refs), "nfe": steps},
         "eval_pairs": [asdict(p) for p in evals],
         "results": results,
@@ -372,7 +376,8 @@ def markdown_table(record: dict) -> str:
     lines = [f"Reference model, {s['steps']} steps, {len(record['eval_pairs'])} held-out seed x condition pairs; "
              f"quality of the final video against the uncached one (mean ± std). Uncached: {s['steps']} NFE, "
              f"{record['uncached']['wall_s_mean']:.2f} s per video on {record['device']} "
-             f"({record['torch_threads']} threads).", "",
+             f"({record['torch_threads']} threads)"
+             + (f", {record['date']}, `{record['command']}`." if record.get("command") else "."), "",
              "| budget | method | threshold | NFE | PSNR (dB) | SSIM | rel. L2 | wall (s) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(record["results"], key=lambda r: (-r["budget"], METHODS.index(r["method"]))):
@@ -499,7 +504,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = QualitySettings(steps=args.steps, budgets=tuple(args.budgets), methods=tuple(args.methods),
                                eval_pairs=args.eval_pairs, tune_pairs=args.tune_pairs, calib_pairs=args.calib_pairs,
                                search_iters=args.search_iters, checkpoint=args.checkpoint, device=args.device)
-    run_quality(settings, args.out)
+    run_quality(settings, args.out, command="python benchmarks/quality.py " + " ".join(
+        sys.argv[1:] if argv is None else argv))
     print(render(args.out, args.readme))
     print(f"wrote {args.out}/quality.json, quality.md and plots")
 
