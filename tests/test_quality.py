@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sencache.quality import Pair, QualitySettings, generate, make_pairs, psnr, rel_l2, run_quality, ssim
+from sencache.quality import Pair, generate, main, make_pairs, psnr, rel_l2, ssim
 from sencache.reference.model import load_reference_pipeline
 
 
@@ -81,23 +81,26 @@ def test_teacache(pipe):
 
 
 def test_quality_harness_smoke(tmp_path):
-    settings = QualitySettings(steps=6, budgets=(0.5,), eval_pairs=2, tune_pairs=1, calib_pairs=1, search_iters=2)
-    record = run_quality(settings, tmp_path, progress=False)
-    assert record["settings"]["steps"] == 6
+    argv = ["--steps", "6", "--budgets", "0.5", "--eval-pairs", "2", "--tune-pairs", "1", "--calib-pairs", "1",
+            "--search-iters", "2", "--device", "cpu", "--out", str(tmp_path)]
+    main(argv)  # the CLI: `sencache quality` / `python benchmarks/quality.py`
+    record = json.loads((tmp_path / "quality.json").read_text())
+    assert record["settings"]["steps"] == 6 and record["command"] == "python benchmarks/quality.py " + " ".join(argv)
     for name in ("quality.json", "quality.md", "quality_vs_nfe.png", "sensitivity_profile.png", "output_change.png",
                  "timelines.png"):
         assert (tmp_path / name).is_file(), name
-    saved = json.loads((tmp_path / "quality.json").read_text())
-    assert {r["method"] for r in saved["results"]} == {"sencache", "magcache", "teacache", "fbc"}
-    for r in saved["results"]:
+    assert {r["method"] for r in record["results"]} == {"sencache", "magcache", "teacache", "fbc"}
+    for r in record["results"]:
         assert 1 <= r["nfe"]["mean"] <= 6 and len(r["timelines"]) == 2 and len(r["timelines"][0]) == 6
         assert r["psnr"]["mean"] > 0 and 0 < r["ssim"]["mean"] <= 1 and r["rel_l2"]["mean"] >= 0
+        for metric, values in r["per_pair"].items():  # the summaries are of the per-pair values, in pair order
+            assert len(values) == 2 and r[metric]["mean"] == pytest.approx(sum(values) / 2, rel=1e-12)
         # the chosen threshold is one of the searched ones, with the NFE closest to the budget on the tuning pair
-        tried = dict(map(tuple, saved["threshold_search"][r["method"]]))
+        tried = dict(map(tuple, record["threshold_search"][r["method"]]))
         assert r["threshold"] in tried
         assert abs(tried[r["threshold"]] - 0.5) == min(abs(v - 0.5) for v in tried.values())
-    assert len(saved["mag_ratios"]) == 6 and len(saved["tea_coefficients"]) == 5
-    assert len(saved["consecutive_output_mae"]) == 5 and len(saved["profile"]["jx"]) == 6
+    assert len(record["mag_ratios"]) == 6 and len(record["tea_coefficients"]) == 5
+    assert len(record["consecutive_output_mae"]) == 5 and len(record["profile"]["jx"]) == 6
     assert "| 50% | SenCache |" in (tmp_path / "quality.md").read_text()
 
 
