@@ -104,7 +104,7 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, lr: flo
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.99), weight_decay=cfg["weight_decay"])
     if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: the loss curve is unchanged, the step faster
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls, as the shipped checkpoint was trained
     # noise is drawn where the model trains (a CPU draw of a GPU batch takes longer than the GPU step)
     noise_gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 1)
     logged: list[tuple[int, torch.Tensor]] = []
@@ -115,8 +115,8 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, lr: flo
         x0 = pack(clips).to(device)
         cond = condition_embedding(prompts).to(device)
         n = cfg["batch"]
-        drop = torch.rand(n, generator=noise_gen, device=device) < cfg["cond_dropout"]
-        cond[drop] = 0.0
+        keep = torch.rand(n, generator=noise_gen, device=device) >= cfg["cond_dropout"]
+        cond = cond * keep.view(-1, 1, 1)  # dropped conditions become the null sequence (a mask, no host sync)
         # noise levels: logit-normal, with a quarter drawn uniformly so that the nearly pure noise where sampling
         # starts (and commits to position and colour) is trained too
         s = torch.sigmoid(torch.randn(n, generator=noise_gen, device=device))
