@@ -20,11 +20,11 @@ import torch
 
 import sencache
 from sencache import tiny
-from sencache.quality import psnr, ssim
+from sencache.quality import EPS_START_RATIO, psnr, ssim
 
 MODELS = ("reference", *tiny.ARCHITECTURES)
 # Per model: steps, eps, eps_start. Reference: the SenCache point near 50% NFE of the committed quality run.
-_DEFAULTS = {"reference": (50, 0.165, 0.165 * 0.005 / 0.07), "tiny": (30, 0.1, 0.01)}
+_DEFAULTS = {"reference": (50, 0.165, 0.165 * EPS_START_RATIO), "tiny": (30, 0.1, 0.01)}
 
 
 def save_side_by_side_gif(path: str, *videos: torch.Tensor, fps: int = 6, scale: int = 4) -> str:

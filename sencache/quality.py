@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-__all__ = ["METHODS", "Pair", "QualitySettings", "psnr", "rel_l2", "run_quality", "ssim"]
+from sencache.config import SenCacheConfig
+
+__all__ = ["EPS_START_RATIO", "METHODS", "Pair", "QualitySettings", "psnr", "rel_l2", "run_quality", "ssim"]
 
 METHODS: tuple[str, ...] = ("sencache", "magcache", "teacache", "fbc")
 LABELS = {"sencache": "SenCache", "magcache": "MagCache (diffusers)", "teacache": "TeaCache (ours, published alg.)",
@@ -36,7 +38,8 @@ LABELS = {"sencache": "SenCache", "magcache": "MagCache (diffusers)", "teacache"
 # Threshold search range per method (log-space bisection inside it).
 _RANGES = {"sencache": (1e-3, 20.0), "magcache": (1e-4, 20.0), "teacache": (1e-4, 20.0), "fbc": (1e-4, 5.0)}
 _K = 3  # consecutive-skip cap of SenCache and MagCache (the paper's setting)
-_EPS_START_RATIO = 0.005 / 0.07  # SenCacheConfig's default eps_start / eps, kept along the sweep
+# SenCacheConfig's default eps_start / eps, kept along a sweep of eps (the quality search, the demo)
+EPS_START_RATIO = SenCacheConfig.eps_start / SenCacheConfig.eps
 
 
 # ----------------------------------------------------------------------------------------------------- metrics
@@ -197,7 +200,7 @@ def apply_method(pipe: Any, method: str, threshold: float, cal: dict[str, Any], 
     if method == "sencache":
         import sencache
 
-        cfg = sencache.SenCacheConfig(profile=cal["profile"], eps=threshold, eps_start=threshold * _EPS_START_RATIO,
+        cfg = sencache.SenCacheConfig(profile=cal["profile"], eps=threshold, eps_start=threshold * EPS_START_RATIO,
                                       max_consecutive_skips=_K)
         sencache.apply_sencache(pipe, cfg)
     elif method == "magcache":
