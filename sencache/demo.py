@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 import sencache
-from sencache import tiny
+from sencache import offline_pipelines as tiny
 from sencache.quality import EPS_START_RATIO, psnr, ssim
 
 MODELS = ("reference", *tiny.ARCHITECTURES)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sencache
-from sencache import tiny
+from sencache import offline_pipelines as tiny
 
 STEPS = 5
 

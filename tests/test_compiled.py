@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import sencache
-from sencache import tiny
+from sencache import offline_pipelines as tiny
 from sencache.hooks import _hook
 from tests.conftest import requires_cuda
 from tests.test_integration import flat_profile, run

@@ -11,7 +11,7 @@ from torch.utils._pytree import tree_flatten
 
 import sencache
 from sencache import graph as graph_mode
-from sencache import tiny
+from sencache import offline_pipelines as tiny
 from sencache_kernels import COMPUTE, DecisionState, has_conditional_nodes
 from tests.test_integration import flat_profile, run
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sencache
-from sencache import tiny
+from sencache import offline_pipelines as tiny
 from sencache.adapters import get_adapter
 
 ARCHS = tiny.ARCHITECTURES

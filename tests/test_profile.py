@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import sencache
-from sencache import tiny
+from sencache import offline_pipelines as tiny
 from sencache.profile import config_hash
 
 

@@ -27,7 +27,7 @@ from sencache.reference.data import (
     null_embedding,
     unpack,
 )
-from sencache.tiny import _cast
+from sencache.offline_pipelines import cast_weights
 
 __all__ = ["CHECKPOINT_DIR", "DEFAULTS", "MODEL_CONFIG", "SCHEDULER_SHIFT", "ReferencePipeline", "build_transformer",
            "load_reference_pipeline"]
@@ -140,7 +140,7 @@ def load_reference_pipeline(checkpoint: str | Path | None = None, device: str | 
     # from_pretrained would need accelerate for Wan's float32 modules; the checkpoint is small, load it directly.
     transformer = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(path))
     transformer.load_state_dict(load_file(path / "diffusion_pytorch_model.safetensors"), strict=True)
-    _cast(transformer, dtype)
+    cast_weights(transformer, dtype)
     transformer = transformer.to(device).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT)
     pipe = ReferencePipeline(transformer=transformer, scheduler=scheduler)

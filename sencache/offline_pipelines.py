@@ -31,7 +31,7 @@ from diffusers import (
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-__all__ = ["ARCHITECTURES", "build_pipeline", "call_kwargs"]
+__all__ = ["ARCHITECTURES", "build_pipeline", "call_kwargs", "cast_weights"]
 
 ARCHITECTURES: tuple[str, ...] = ("wan", "cogvideox", "ltx")
 
@@ -63,7 +63,7 @@ def _seeded(seed: int, factory: Callable[[], torch.nn.Module]) -> torch.nn.Modul
         return factory()
 
 
-def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
+def cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
     """Cast floating-point weights to ``dtype`` in place, keeping ``_keep_in_fp32_modules`` in float32.
 
     This mirrors ``from_pretrained(torch_dtype=...)`` (e.g. Wan keeps its time embedder and norms in float32) and avoids
@@ -239,7 +239,7 @@ def build_pipeline(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32,
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
-            _cast(component, dtype)
+            cast_weights(component, dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
