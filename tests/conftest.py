@@ -11,10 +11,6 @@ import pytest  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-# Where the kernels under test run: natively on CUDA when present, else the CPU (Triton through the interpreter).
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 @pytest.fixture
 def gen():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import sencache_kernels as sk
-from tests.conftest import DEVICE, requires_cuda
+from tests.helpers import DEVICE, requires_cuda
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 

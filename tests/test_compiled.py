@@ -6,7 +6,7 @@ import torch
 import sencache
 from sencache import offline_pipelines as tiny
 from sencache.hooks import _hook
-from tests.conftest import requires_cuda
+from tests.helpers import requires_cuda
 from tests.test_integration import flat_profile, run
 
 ARCHS = tiny.ARCHITECTURES

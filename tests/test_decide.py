@@ -236,7 +236,7 @@ def test_threshold_scales_with_sqrt_numel():
 
 # ------------------------------------------------------------------------------------------------ fused Triton kernel
 # On a GPU these run natively; without one, through the Triton interpreter on the CPU (small sizes).
-from tests.conftest import DEVICE, requires_cuda  # noqa: E402
+from tests.helpers import DEVICE, requires_cuda  # noqa: E402
 
 # Drift norms in float32 against float64: at most ~100 sequential float32 additions per element path (loop over
 # blocks, block tree, chunk partials), so a relative error well under 100 * 2**-24 = 6e-6 of the sum of squares.
