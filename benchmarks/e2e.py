@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 import sencache
 from sencache.hooks import _hook
-from sencache.quality import fill_readme, library_versions
+from sencache.records import fill_readme, run_stamp, table_markers
 
 # name -> transformer class, configuration, latent shape, text length and width, how CFG is run
 MODELS: dict[str, dict[str, Any]] = {
@@ -310,7 +310,7 @@ def markdown_table(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-README_MARKERS = ("<!-- e2e-table:start -->", "<!-- e2e-table:end -->")
+README_MARKERS = table_markers("e2e")
 
 
 def _extend(record: dict[str, Any], old: dict[str, Any], path: Path) -> None:
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         dtype = torch.float32 if args.smoke else torch.bfloat16
         record = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)",
                   "dtype": str(dtype).removeprefix("torch."), "steps": args.steps, "repeats": args.repeats,
-                  "versions": library_versions(), "date": time.strftime("%Y-%m-%d"),
+                  **run_stamp(),  # versions, date
                   "command": "python benchmarks/e2e.py " + " ".join(sys.argv[1:] if argv is None else argv),
                   "results": {}}
         if args.append and args.out.is_file():

@@ -69,3 +69,7 @@ class SenCacheConfig:
     def tolerance(self, step: int, num_steps: int) -> float:
         """The tolerance in force at ``step`` of ``num_steps``: ``eps_start`` in the start phase, then ``eps``."""
         return self.eps_start if step < self.start_fraction * num_steps else self.eps
+
+
+# SenCacheConfig's default eps_start / eps, kept along a sweep of eps (the quality benchmark's search, the demo).
+EPS_START_RATIO = SenCacheConfig.eps_start / SenCacheConfig.eps

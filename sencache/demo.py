@@ -20,7 +20,8 @@ import torch
 
 import sencache
 from sencache import offline_pipelines as tiny
-from sencache.quality import EPS_START_RATIO, psnr, ssim
+from sencache.config import EPS_START_RATIO
+from sencache.metrics import psnr, ssim
 
 MODELS = ("reference", *tiny.ARCHITECTURES)
 # Per model: steps, eps, eps_start. Reference: the SenCache point near 50% NFE of the committed quality run.

@@ -1,7 +1,7 @@
 from PIL import Image
 
 from sencache.demo import run_demo
-from sencache.quality import psnr
+from sencache.metrics import psnr
 
 
 def test_demo_runs_and_writes_gif(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Quality metrics, the TeaCache baseline and the quality harness (smoke configuration) on the reference model."""
+"""Quality metrics, the TeaCache baseline, MagCache's calibration and the quality harness (smoke configuration) on the
+reference model."""
 
 import json
 import math
@@ -6,7 +7,9 @@ import math
 import pytest
 import torch
 
-from sencache.quality import Pair, generate, main, make_pairs, psnr, rel_l2, ssim
+from sencache.metrics import psnr, rel_l2, ssim
+from sencache.quality import Pair, generate, main, make_pairs
+from sencache.quality_methods import METHODS, applied, magcache_ratios
 from sencache.reference.model import load_reference_pipeline
 
 
@@ -80,6 +83,50 @@ def test_teacache(pipe):
         apply_teacache(torch.nn.Linear(2, 2), TeaCacheConfig(0.1, coeffs))
 
 
+def test_magcache_ratios_are_the_block_stack_residual_norm_ratios(pipe):
+    """The ratios read from MagCache's hook state equal ratios computed here from the block stack's residuals: per
+    CFG context, 1 at the first step, then the mean over tokens of ||r_k|| / (||r_(k-1)|| + 1e-8); averaged over the
+    pairs and both contexts."""
+    steps, pairs = 4, [Pair("red circle grow", 1), Pair("blue square rotate", 2)]
+    blocks, inputs, residuals = pipe.transformer.blocks, [], []
+
+    def keep_input(_m, args, kwargs):
+        inputs.append(args[0] if args else kwargs["hidden_states"])
+
+    def keep_residual(_m, _args, out):
+        residuals.append((out[0] if isinstance(out, tuple) else out).float() - inputs[-1].float())
+
+    handles = [blocks[0].register_forward_pre_hook(keep_input, with_kwargs=True),
+               blocks[-1].register_forward_hook(keep_residual)]
+    try:
+        ratios = magcache_ratios(pipe, pairs, steps)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(residuals) == 2 * steps * len(pairs)  # cond and uncond calls alternate, every step computed
+    runs = []
+    for i in range(len(pairs)):
+        calls = residuals[2 * steps * i: 2 * steps * (i + 1)]
+        for context in (calls[0::2], calls[1::2]):
+            norms = [torch.linalg.norm(r, dim=-1) for r in context]
+            runs.append([1.0] + [float((norms[k] / (norms[k - 1] + 1e-8)).mean()) for k in range(1, steps)])
+    assert runs[0] != runs[1]  # the contexts differ, so averaging over both is checked
+    assert ratios == torch.tensor(runs, dtype=torch.float64).mean(0).tolist()
+
+
+def test_method_table(pipe):
+    assert list(METHODS) == ["sencache", "magcache", "teacache", "fbc"]
+    assert [m.record_key for m in METHODS.values()] == ["profile", "mag_ratios", "tea_coefficients", None]
+    assert all(0 < m.search_range[0] < m.search_range[1] for m in METHODS.values())
+    with pytest.raises(ValueError, match="unknown method 'nope'; choose from sencache, magcache"):
+        with applied(pipe, "nope", 0.1, {}, 4):
+            pass
+    ref = generate(pipe, Pair("red circle grow", 1), steps=4)
+    with applied(pipe, "fbc", 1e9, {}, 4):  # FirstBlockCache at a threshold that skips all it can
+        assert generate(pipe, Pair("red circle grow", 1), steps=4).nfe == 1
+    assert torch.equal(generate(pipe, Pair("red circle grow", 1), steps=4).video, ref.video)  # removed on exit
+
+
 def test_quality_harness_smoke(tmp_path):
     argv = ["--steps", "6", "--budgets", "0.5", "--eval-pairs", "2", "--tune-pairs", "1", "--calib-pairs", "1",
             "--search-iters", "2", "--device", "cpu", "--out", str(tmp_path)]
@@ -105,7 +152,7 @@ def test_quality_harness_smoke(tmp_path):
 
 
 def test_render_fills_readme_block(tmp_path):
-    from sencache.quality import README_MARKERS, render
+    from sencache.quality_report import README_MARKERS, render
 
     record = {"settings": {"steps": 4, "methods": ["sencache"], "budgets": [0.5]}, "eval_pairs": [{}],
               "uncached": {"wall_s_mean": 1.0}, "device": "cpu", "torch_threads": 1, "profile": None,

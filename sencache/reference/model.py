@@ -18,6 +18,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransform
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from safetensors.torch import load_file
 
+from sencache.offline_pipelines import cast_weights
 from sencache.reference.data import (
     FRAMES,
     LATENT_CHANNELS,
@@ -27,7 +28,6 @@ from sencache.reference.data import (
     null_embedding,
     unpack,
 )
-from sencache.offline_pipelines import cast_weights
 
 __all__ = ["CHECKPOINT_DIR", "DEFAULTS", "MODEL_CONFIG", "SCHEDULER_SHIFT", "ReferencePipeline", "build_transformer",
            "load_reference_pipeline"]

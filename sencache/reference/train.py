@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sencache.quality import library_versions
+from sencache.records import run_stamp
 from sencache.reference.data import CONDITIONS, condition_embedding, pack, sample_clips
 from sencache.reference.judge import SAMPLES as JUDGE_SAMPLES
 from sencache.reference.judge import write_judged
@@ -154,7 +154,7 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, lr: flo
         "parameters": sum(p.numel() for p in ema.parameters()), "sampling_defaults": DEFAULTS,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "data_workers": data_workers, "wall_s": round(wall, 1),
-        "versions": library_versions(), "date": time.strftime("%Y-%m-%d"),
+        **run_stamp(),  # versions, date
     }
     (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "loss.csv").write_text("step,loss\n" + "".join(f"{s_},{v:.6f}\n" for s_, v in losses))
