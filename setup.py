@@ -5,6 +5,10 @@ would download a fresh torch). With a CUDA build of torch and nvcc found (``CUDA
 as a ``CUDAExtension`` with the ``csrc/**/*.cu`` sources for the architectures in ``TORCH_CUDA_ARCH_LIST``
 (read by torch.utils.cpp_extension; e.g. ``TORCH_CUDA_ARCH_LIST=9.0`` on Hopper). ``SENCACHE_CUDA=0`` forces a
 CPU-only build, ``SENCACHE_CUDA=1`` fails when CUDA is unavailable.
+
+The ops' contract, ``sencache_kernels/ops.def`` (schemas, argument rules, messages), is #included by the C++ sources as
+``"sencache_kernels/ops.def"`` (the project root is on the include path) and ships with the package (package_data), where
+the Python fallback reads it.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def _extension():
     # torch 2.13: they only warn under C++17); our sources are C++17. -g0 drops the -g of Python's CFLAGS (a faster
     # build and a .so of ~100 KB instead of ~3.4 MB). -ffp-contract=off: the decision must round like the reference.
     cxx = ["-O3", "-g0", "-ffp-contract=off"]
-    include_dirs = [os.path.join(ROOT, "csrc")]
+    include_dirs = [os.path.join(ROOT, "csrc"), ROOT]  # ROOT: for "sencache_kernels/ops.def"
     link = _link_args()
     if _use_cuda():
         return CUDAExtension(
@@ -74,11 +78,34 @@ def _extension():
                         extra_link_args=link)
 
 
+def object_filenames(original):
+    """Object names that keep the source's extension (``commit.cpp.o``, ``commit.cu.o``, as CMake names them): an op's
+    ``csrc/sencache/<op>.cpp`` and ``<op>.cu`` share a stem, and distutils' ``<stem>.o`` would let one overwrite the
+    other. ``original`` is the compiler's own ``object_filenames``."""
+
+    def named(source_filenames, strip_dir=False, output_dir=""):
+        sources = list(source_filenames)
+        objects = original(sources, strip_dir=strip_dir, output_dir=output_dir)
+        return [f"{os.path.splitext(o)[0]}{os.path.splitext(s)[1]}{os.path.splitext(o)[1]}"
+                for s, o in zip(sources, objects, strict=True)]
+
+    return named
+
+
+class BuildExtensionKeepingObjectNames(BuildExtension):
+    """torch's ``BuildExtension`` with ``object_filenames`` above."""
+
+    def build_extensions(self) -> None:
+        self.compiler.object_filenames = object_filenames(self.compiler.object_filenames)
+        super().build_extensions()
+
+
 setup(
     packages=find_packages(exclude=["tests", "tests.*", "benchmarks", "benchmarks.*"]),
     # The reference model's checkpoint, training record, sample grid and SenCache profile ship with the package.
-    package_data={"sencache.reference": ["checkpoint/*"]},
+    # The ops' contract (sencache_kernels/ops.def), read by the Python fallback at import.
+    package_data={"sencache.reference": ["checkpoint/*"], "sencache_kernels": ["ops.def"]},
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildExtensionKeepingObjectNames},
     zip_safe=False,
 )

@@ -12,14 +12,18 @@
   ``has_conditional_nodes()`` says whether this build has it.
 - ``DecisionState``: the device-resident state those ops update, in registered buffers.
 
-Each op has a pure-torch reference (``*_ref``), which is also the CPU path and the test oracle. Importing this
-package never initialises CUDA.
+One stem per op in every layer: ``sencache_kernels/<op>.py`` (reference ``*_ref``, wrapper, fallback kernel and
+fake), ``csrc/sencache/<op>.*`` (C++ CPU/Meta and CUDA kernels), ``tests/test_<op>.py``, ``benchmarks/bench_<op>.py``;
+``set_conditional`` and ``capture_if`` share the stem ``conditional``. Schemas, argument rules and error messages are
+written once, in ``ops.def``; ``ops.py`` registers the ops. Each op except the graph ones has a pure-torch reference
+(``*_ref``), which is also the CPU path and the test oracle. Importing this package never initialises CUDA.
 """
 
-from sencache_kernels.commit import commit_ref
-from sencache_kernels.decide import COMPUTE, NONFINITE, decide_ref, decide_triton
-from sencache_kernels.delta_norm import delta_norm_ref
-from sencache_kernels.ops import HAS_EXTENSION, SCHEMAS, commit, decide, delta_norm, has_conditional_nodes
+from sencache_kernels.commit import commit, commit_ref
+from sencache_kernels.conditional import has_conditional_nodes
+from sencache_kernels.decide import COMPUTE, NONFINITE, decide, decide_ref, decide_triton
+from sencache_kernels.delta_norm import delta_norm, delta_norm_ref
+from sencache_kernels.ops import HAS_EXTENSION, SCHEMAS
 from sencache_kernels.state import DecisionState
 
 __all__ = [

@@ -18,10 +18,11 @@ The latent reference ``x_ref`` is only read: copying ``x`` into it belongs to th
 ``ticket`` is the one-element int32 arrival counter of the fused kernel; it is zero before and after every call.
 Every tensor stays on its device: no host synchronisation.
 
-Three implementations share these semantics: ``decide_ref`` (pure torch; the oracle), the C++ CPU kernel
-(``csrc/sencache/ops.cpp``, bitwise equal to the reference) and ``decide_triton`` below (the CUDA path: one launch,
-one pass over ``x`` and ``x_ref``; its drift norm is summed in another order, so it equals the reference's to float32
-rounding, not bitwise).
+Three implementations share these semantics: ``decide_ref`` (pure torch; the oracle and the fallback kernel), the
+C++ CPU kernel (``csrc/sencache/decide.cpp`` over ``decide.h``, bitwise equal to the reference) and ``decide_triton``
+below (the CUDA kernel, registered here with or without the extension; one launch, one pass over ``x`` and ``x_ref``;
+its drift norm is summed in another order, so it equals the reference's to float32 rounding, not bitwise). The public
+wrapper ``decide`` and the registrations close this module; the argument rules are in ``ops.def``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import os
 import numpy as np
 import torch
 
+from sencache_kernels import ops
 from sencache_kernels.delta_norm import delta_norm_ref
 
 COMPUTE = 1
@@ -242,3 +244,39 @@ def decide_triton(
     for orig, buf in zip((t_ref, jx_ref, jt_ref, score), outs, strict=True):
         if buf is not orig:
             orig.copy_(buf)
+
+
+def decide(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    jx_now: torch.Tensor,
+    jt_now: torch.Tensor,
+    eps: torch.Tensor,
+    force: torch.Tensor,
+    x_ref: torch.Tensor,
+    t_ref: torch.Tensor,
+    jx_ref: torch.Tensor,
+    jt_ref: torch.Tensor,
+    skips: torch.Tensor,
+    flag: torch.Tensor,
+    score: torch.Tensor,
+    ticket: torch.Tensor,
+    max_skips: int,
+) -> None:
+    """One SenCache decision with its in-place state update (``torch.ops.sencache.decide``); see ``decide_ref``."""
+    torch.ops.sencache.decide(x, t, jx_now, jt_now, eps, force, x_ref, t_ref, jx_ref, jt_ref, skips, flag, score,
+                              ticket, max_skips)
+
+
+def _decide_fake(*args: object) -> None:
+    return None
+
+
+def _decide_cuda(*args: object) -> None:
+    """decide's CUDA kernel: the fused Triton launch, or the reference where Triton is missing."""
+    (decide_triton if triton is not None else decide_ref)(*args)
+
+
+check_decide_args = ops.CHECKS["decide"]
+ops.register("decide", decide_ref, _decide_fake)
+ops.register_cuda("decide", _decide_cuda)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from sencache_kernels.ops import commit, decide
+from sencache_kernels.commit import commit
+from sencache_kernels.decide import decide
 
 
 class DecisionState(torch.nn.Module):

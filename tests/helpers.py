@@ -1,8 +1,85 @@
 """Helpers shared by the test modules (no test module imports another; fixtures live in conftest.py)."""
 
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
 # Where the kernels under test run: natively on CUDA when present, else the CPU (Triton through the interpreter).
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def make_args(x, gen, eps=0.05, force=False, max_skips=2):
+    """Arguments of ``sencache::decide`` (a dict in schema order) for latent ``x``, with a random state on the CPU."""
+    b = x.shape[0]
+    return dict(
+        x=x,
+        t=torch.full((b,), 900.0),
+        jx_now=torch.rand(b, generator=gen) + 0.5,
+        jt_now=torch.rand(b, generator=gen) * 1e-2,
+        eps=torch.tensor(eps),
+        force=torch.tensor(force),
+        x_ref=torch.randn(x.shape, generator=gen).to(x.dtype),
+        t_ref=torch.full((b,), 950.0),
+        jx_ref=torch.rand(b, generator=gen) + 0.5,
+        jt_ref=torch.rand(b, generator=gen) * 1e-2,
+        skips=torch.zeros((), dtype=torch.int32),
+        flag=torch.zeros((), dtype=torch.int32),
+        score=torch.zeros(b),
+        ticket=torch.zeros((), dtype=torch.int32),
+        max_skips=max_skips,
+    )
+
+
+def error_of(op, args):
+    """``"ValueError: message"`` raised by ``torch.ops.sencache.<op>(*args)``, or ``""`` when it returns."""
+    try:
+        getattr(torch.ops.sencache, op)(*args)
+    except Exception as e:  # noqa: BLE001 - the type is part of what is compared
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+def run_without_extension(code, inputs=None):
+    """Run ``code`` in a fresh interpreter with ``SENCACHE_DISABLE_EXTENSION=1`` (the pure-Python fallback ops; only one
+    ``TORCH_LIBRARY(sencache)`` may be loaded per process) and return what it assigns to ``result``.
+
+    ``inputs`` (anything ``torch.save`` takes) is visible to the code as ``inputs``; ``result`` comes back the same way.
+    The code runs in the repository root with ``torch``, ``sencache_kernels as sk`` and ``tests.helpers`` imported.
+    """
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "inputs.pt", Path(tmp) / "result.pt"
+        torch.save(inputs, src)
+        script = (
+            "import torch, sencache_kernels as sk\n"
+            "from tests import helpers\n"
+            "assert not sk.HAS_EXTENSION\n"
+            f"inputs = torch.load({str(src)!r}, weights_only=False)\n"
+            + code
+            + f"\ntorch.save(result, {str(dst)!r})\n"
+        )
+        env = {**os.environ, "SENCACHE_DISABLE_EXTENSION": "1"}
+        out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-4000:]
+        return torch.load(dst, weights_only=False)
+
+
+def assert_same_errors_as_fallback(op, cases):
+    """Each case (an argument tuple of ``sencache::<op>``) raises a ValueError here, with the extension, and the
+    pure-Python fallback raises the identical message for it (both interpret ``sencache_kernels/ops.def``)."""
+    import sencache_kernels as sk
+
+    if not sk.HAS_EXTENSION:
+        pytest.skip("compiled extension not built: nothing to compare the fallback with")
+    here = [error_of(op, args) for args in cases]
+    assert all(m.startswith("ValueError: sencache::") for m in here), here
+    there = run_without_extension(f"result = [helpers.error_of({op!r}, a) for a in inputs]", cases)
+    for case, (a, b) in enumerate(zip(here, there, strict=True)):
+        assert a == b, f"case {case}:\n  extension: {a}\n  fallback:  {b}"

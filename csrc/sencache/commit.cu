@@ -12,8 +12,8 @@
 #include <cstdint>
 #include <optional>
 
+#include "sencache/checks.h"
 #include "sencache/decide.h"
-#include "sencache/ops.h"
 
 namespace sencache {
 namespace {
@@ -33,7 +33,7 @@ __global__ void commit_kernel(const int32_t* __restrict__ flag, const T* __restr
 
 void commit_cuda(const at::Tensor& flag, const at::Tensor& src, const std::optional<at::Tensor>& base,
                  const at::Tensor& dst) {
-  check_commit_args(flag, src, base, dst);
+  check_args("commit", {flag, src, base, dst});
   const int64_t n = src.numel();
   if (n == 0) {
     return;

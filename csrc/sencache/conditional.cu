@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "sencache/checks.h"
 #include "sencache/decide.h"
-#include "sencache/ops.h"
 
 // CUDA 13 gave the edge-data variants of the capture and node APIs the plain names; 12.3-12.9 call them _v2/_v3.
 #if CUDART_VERSION >= 13000
@@ -45,7 +45,7 @@ __global__ void set_conditional_kernel(const int32_t* __restrict__ flag, cudaGra
 #endif
 
 void set_conditional_cuda(const at::Tensor& flag, int64_t handle) {
-  check_set_conditional_args(flag, handle);
+  check_args("set_conditional", {flag, handle});
   TORCH_CHECK_VALUE(flag.is_cuda(), "sencache::set_conditional: flag must be a CUDA tensor, got one on ",
                     flag.device());
 #if CUDART_VERSION >= 12030
@@ -110,7 +110,7 @@ void check_body_nodes(cudaGraph_t graph, int depth = 0) {
 #endif
 
 int64_t capture_if_cuda(const at::Tensor& flag, int64_t body_graph) {
-  check_capture_if_args(flag, body_graph);
+  check_args("capture_if", {flag, body_graph});
   TORCH_CHECK_VALUE(flag.is_cuda(), "sencache::capture_if: flag must be a CUDA tensor, got one on ", flag.device());
 #if CUDART_VERSION >= 12040
   int driver = 0;
