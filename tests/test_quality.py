@@ -1,8 +1,10 @@
 """Quality metrics, the TeaCache baseline, MagCache's calibration and the quality harness (smoke configuration) on the
 reference model."""
 
+import ast
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,3 +172,20 @@ def test_render_fills_readme_block(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="quality-table"):
         render(tmp_path, readme)
+
+
+def test_runtime_does_not_import_the_quality_harness():
+    """Only the harness itself and the CLI's dispatch import sencache.quality: not the demo, the reference model, the
+    other sencache modules or benchmarks/e2e.py."""
+    root = Path(__file__).resolve().parents[1]
+    allowed = {root / "sencache" / "quality.py", root / "sencache" / "cli.py"}
+    files = [*(root / "sencache").rglob("*.py"), root / "benchmarks" / "e2e.py"]
+    importers = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "sencache.quality" or n.startswith("sencache.quality.") for n in names):
+                importers.append(path)
+    assert len(files) > 20 and root / "sencache" / "cli.py" in importers
+    assert set(importers) <= allowed, sorted(str(p.relative_to(root)) for p in set(importers) - allowed)
