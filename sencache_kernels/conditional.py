@@ -19,8 +19,8 @@ import torch
 
 from sencache_kernels import ops
 
-_NEEDS_CUDA_BUILD = "needs the compiled extension built with CUDA (pip install --no-build-isolation -e . on a machine " \
-    "with nvcc and a CUDA torch)"
+_NEEDS_CUDA_BUILD = ("needs the compiled extension built with CUDA (pip install --no-build-isolation -e . on a "
+                     "machine with nvcc and a CUDA torch)")
 
 
 def has_conditional_nodes() -> bool:

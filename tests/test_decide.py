@@ -1,35 +1,21 @@
+"""sencache::decide: the C++ op and the reference bit for bit over trajectories, the policy by hand, its checks (the
+same in C++ and in the Python fallback), its Meta kernel and fake, opcheck, tracing, and the fused Triton kernel."""
+
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import sencache_kernels as sk
+from tests.helpers import (
+    DEVICE,
+    assert_same_errors_as_fallback,
+    make_args,
+    requires_cuda,
+    run_without_extension,
+)
 
 STATE = ("x_ref", "t_ref", "jx_ref", "jt_ref", "skips", "flag", "score", "ticket")
-
-
-def make_args(x, gen, eps=0.05, force=False, max_skips=2):
-    b = x.shape[0]
-    return dict(
-        x=x,
-        t=torch.full((b,), 900.0),
-        jx_now=torch.rand(b, generator=gen) + 0.5,
-        jt_now=torch.rand(b, generator=gen) * 1e-2,
-        eps=torch.tensor(eps),
-        force=torch.tensor(force),
-        x_ref=torch.randn(x.shape, generator=gen).to(x.dtype),
-        t_ref=torch.full((b,), 950.0),
-        jx_ref=torch.rand(b, generator=gen) + 0.5,
-        jt_ref=torch.rand(b, generator=gen) * 1e-2,
-        skips=torch.zeros((), dtype=torch.int32),
-        flag=torch.zeros((), dtype=torch.int32),
-        score=torch.zeros(b),
-        ticket=torch.zeros((), dtype=torch.int32),
-        max_skips=max_skips,
-    )
 
 
 def clone(args):
@@ -118,25 +104,66 @@ def test_eps_zero_never_skips_moving_latent(gen):
     assert int(a["flag"]) == sk.COMPUTE
 
 
-@pytest.mark.parametrize(
-    "change, match",
-    [
-        (dict(x_ref=torch.zeros(2, 8, dtype=torch.bfloat16)), "x_ref must"),
-        (dict(t=torch.zeros(2, dtype=torch.float64)), "t must be"),
-        (dict(score=torch.zeros(3)), "score must"),
-        (dict(eps=torch.zeros(2)), "eps must"),
-        (dict(force=torch.tensor(1)), "force must"),
-        (dict(skips=torch.zeros((), dtype=torch.int64)), "skips must"),
-        (dict(ticket=torch.zeros(2, dtype=torch.int32)), "ticket must"),
-        (dict(max_skips=-1), "max_skips"),
-        (dict(x=torch.zeros(2, 8, dtype=torch.int32), x_ref=torch.zeros(2, 8, dtype=torch.int32)), "x must be"),
-    ],
+SCHEMA = (
+    "decide(Tensor x, Tensor t, Tensor jx_now, Tensor jt_now, Tensor eps, Tensor force, Tensor x_ref, "
+    "Tensor(a!) t_ref, Tensor(b!) jx_ref, Tensor(c!) jt_ref, Tensor(d!) skips, Tensor(e!) flag, "
+    "Tensor(f!) score, Tensor(g!) ticket, int max_skips) -> ()"
 )
-def test_bad_arguments_raise_clear_errors(change, match, gen):
-    a = make_args(torch.randn(2, 8, generator=gen), gen)
-    a.update(change)
-    with pytest.raises(ValueError, match=match):
+
+# (change to make_args of a [2, 8] latent, message): one case per rule of decide in ops.def
+BAD = [
+    (dict(x=torch.zeros(()), x_ref=torch.zeros(())), "x must have a batch dimension"),
+    (dict(x=torch.zeros(0, 8), x_ref=torch.zeros(0, 8)), "x must hold at least one sample"),
+    (dict(x=torch.zeros(2, 8, dtype=torch.int32), x_ref=torch.zeros(2, 8, dtype=torch.int32)),
+     "x must be torch.float32, torch.float16, torch.bfloat16 or torch.float64, got torch.int32"),
+    (dict(x_ref=torch.zeros(2, 8, dtype=torch.bfloat16)),
+     "x_ref must have x's dtype torch.float32, got torch.bfloat16; allocate the reference with torch.empty_like"),
+    (dict(x_ref=torch.zeros(2, 9)), r"x_ref must have x's shape \[2, 8\], got \[2, 9\]"),
+    (dict(t=torch.zeros(2, dtype=torch.float64)),
+     r"t must be torch.float32, got torch.float64; convert it with t.to\(torch.float32\)"),
+    (dict(score=torch.zeros(3)),
+     r"score must have shape \[B\] = \[2\] \(one value per sample of x\), got shape \[3\]"),
+    (dict(jt_ref=torch.zeros(2, 1)), r"jt_ref must have shape \[B\] = \[2\]"),
+    (dict(eps=torch.zeros(2)), r"eps must be a one-element torch.float32 tensor, got torch.float32 of shape \[2\]"),
+    (dict(force=torch.tensor(1)), "force must be a one-element torch.bool tensor, got torch.int64"),
+    (dict(skips=torch.zeros((), dtype=torch.int64)), "skips must be a one-element torch.int32 tensor"),
+    (dict(flag=torch.zeros((), dtype=torch.float32)), "flag must be a one-element torch.int32 tensor"),
+    (dict(ticket=torch.zeros(2, dtype=torch.int32)), "ticket must be a one-element torch.int32 tensor.*and keep it"),
+    (dict(max_skips=-1), r"max_skips must be in \[0, 2147483647\], got -1; 0 disables skipping"),
+    (dict(max_skips=2**31), r"max_skips must be in \[0, 2147483647\], got 2147483648"),
+    (dict(t_ref=torch.zeros(2, device="meta")), r"t_ref is on meta but x is on cpu; move it with t_ref.to\(x.device\)"),
+    (dict(ticket=torch.zeros((), dtype=torch.int32, device="meta")), "ticket is on meta but x is on cpu"),
+]
+
+
+def bad_args(case):
+    a = make_args(torch.randn(2, 8, generator=torch.Generator().manual_seed(case)), torch.Generator().manual_seed(9))
+    a.update(BAD[case][0])
+    return a
+
+
+@pytest.mark.parametrize("case", range(len(BAD)))
+def test_bad_arguments_raise_clear_errors(case):
+    a = bad_args(case)
+    with pytest.raises(ValueError, match=BAD[case][1]):
         sk.decide(**a)
+    if all(v.device.type == "cpu" for v in a.values() if isinstance(v, torch.Tensor)):
+        meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in a.items()}
+        with pytest.raises(ValueError, match=BAD[case][1]):  # the Meta kernel (the fake) checks the same way
+            sk.decide(**meta)
+
+
+def test_decide_errors_identical_in_fallback():
+    assert_same_errors_as_fallback("decide", [tuple(bad_args(case).values()) for case in range(len(BAD))])
+
+
+def test_decide_meta_kernel(gen):
+    a = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in make_args(torch.randn(3, 5), gen).items()}
+    assert sk.decide(**a) is None
+    with torch._subclasses.FakeTensorMode() as mode:
+        fake = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v
+                for k, v in make_args(torch.randn(3, 5), gen).items()}
+        sk.decide(**fake)
 
 
 def test_mixed_devices_raise(gen):
@@ -189,34 +216,23 @@ def clone_tuple(args):
     return tuple(v.clone() for v in args)
 
 
-def test_python_schemas_match_extension():
-    if not sk.HAS_EXTENSION:
-        pytest.skip("compiled extension not built")
-    for name, schema in sk.SCHEMAS.items():
-        assert str(getattr(torch.ops.sencache, name).default._schema) == "sencache::" + schema
+def test_decide_schema():
+    assert sk.SCHEMAS["decide"] == SCHEMA
+    assert str(torch.ops.sencache.decide.default._schema) == "sencache::" + SCHEMA
 
 
 def test_reference_fallback_without_extension():
-    """With the extension disabled the same ops exist, pass opcheck, and give the same decision."""
-    code = (
-        "import warnings, torch, sencache_kernels as sk\n"
-        "assert not sk.HAS_EXTENSION\n"
-        "from tests.test_decide import make_args\n"
-        "g = torch.Generator().manual_seed(0)\n"
-        "a = make_args(torch.randn(2, 9, generator=g), g)\n"
-        "torch.library.opcheck(torch.ops.sencache.decide.default, tuple(a.values()))\n"
-        "torch.library.opcheck(torch.ops.sencache.delta_norm.default, (a['x'], a['x_ref']))\n"
-        "torch.library.opcheck(torch.ops.sencache.commit.default, (a['flag'] + 1, a['x'], a['x_ref'], a['x'] * 0))\n"
-        "sk.decide(**a); print(int(a['flag']), a['score'].tolist())\n"
-    )
-    env = {**os.environ, "SENCACHE_DISABLE_EXTENSION": "1"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
+    """With the extension disabled the same op exists, passes opcheck, and gives the same decision."""
     g = torch.Generator().manual_seed(0)
     a = make_args(torch.randn(2, 9, generator=g), g)
+    got = run_without_extension(
+        "torch.library.opcheck(torch.ops.sencache.decide.default, tuple(v.clone() if isinstance(v, torch.Tensor)\n"
+        "                      else v for v in inputs.values()))\n"
+        "sk.decide(**inputs)\n"
+        "result = inputs", a)
     sk.decide(**a)
-    assert out.stdout.strip() == f"{int(a['flag'])} {a['score'].tolist()}"
+    for k in STATE:
+        assert torch.equal(got[k], a[k]), k
 
 
 def test_threshold_scales_with_sqrt_numel():
@@ -236,7 +252,6 @@ def test_threshold_scales_with_sqrt_numel():
 
 # ------------------------------------------------------------------------------------------------ fused Triton kernel
 # On a GPU these run natively; without one, through the Triton interpreter on the CPU (small sizes).
-from tests.helpers import DEVICE, requires_cuda  # noqa: E402
 
 # Drift norms in float32 against float64: at most ~100 sequential float32 additions per element path (loop over
 # blocks, block tree, chunk partials), so a relative error well under 100 * 2**-24 = 6e-6 of the sum of squares.

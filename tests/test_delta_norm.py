@@ -54,7 +54,8 @@ def bad_cases():
     return [
         ((torch.randn((), generator=g), torch.randn((), generator=g)), "x must have a batch dimension"),
         ((torch.randn(0, 3, generator=g), torch.randn(0, 3, generator=g)), r"at least one sample .*got shape \[0, 3\]"),
-        ((x.int(), x.int()), "x must be torch.float32, torch.float16, torch.bfloat16 or torch.float64, got torch.int32"),
+        ((x.int(), x.int()),
+         "x must be torch.float32, torch.float16, torch.bfloat16 or torch.float64, got torch.int32"),
         ((x, x.double()), "x_ref must have x's dtype torch.float32, got torch.float64"),
         ((x, torch.randn(2, 9, generator=g)), r"x_ref must have x's shape \[2, 8\], got \[2, 9\]"),
         ((x, x.to("meta")), r"x_ref is on meta but x is on cpu; move it with x_ref.to\(x.device\)"),
