@@ -4,10 +4,9 @@
 # On a machine with a CUDA build of torch, nvcc and the project's Python dependencies: builds the extension with CUDA,
 # runs the test suite (its GPU tests included; pytest-xdist and pytest-timeout if present), the op microbenchmarks
 # (benchmarks/bench_<op>.py) and the end-to-end benchmark, writing logs and results into OUT_DIR. Seen on an H100
-# (2026-11-22): build ~50 s, the GPU test files ~150 s with 8 workers, decision microbenchmark ~30 s, e2e ~4-5 min for LTX-Video and
-# CogVideoX-2B together; Wan 2.1 1.3B took 31-38 s per method (8 methods) at --steps 6. Copy the results into
-# benchmarks/results/ and render them
-# (`python benchmarks/e2e.py --render ... --readme README.md`).
+# (2026-11-22): build ~50 s, the GPU test files ~150 s with 8 workers, decision microbenchmark ~30 s, e2e ~4-5 min
+# for LTX-Video and CogVideoX-2B together; Wan 2.1 1.3B took 31-38 s per method (8 methods) at --steps 6. Copy the
+# results into benchmarks/results/ and render them (`python benchmarks/e2e.py --render ... --readme README.md`).
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [E2E_MODELS]}
 models=${2:-}
