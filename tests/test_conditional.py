@@ -91,3 +91,9 @@ def test_has_conditional_nodes_follows_the_cuda_build():
     assert sk.has_conditional_nodes() == cuda_build
     if torch.version.cuda is None:
         assert not sk.has_conditional_nodes()
+
+
+@pytest.mark.parametrize("op", list(SCHEMAS))
+def test_conditional_opcheck_on_meta(op):
+    """Off CUDA the kernels only raise, so opcheck runs the schema, fake and dispatch checks on a meta flag."""
+    torch.library.opcheck(getattr(torch.ops.sencache, op).default, (flag("meta"), 5))

@@ -2,6 +2,7 @@
 // When the flag has the COMPUTE bit, dst <- src - base (or dst <- src without base); otherwise the kernel returns at
 // once, so a skipped step moves no data. The flag is read on the device: no host synchronisation.
 // Semantics: sencache_kernels/commit.py (commit_ref), bit for bit (the difference is rounded once to the dtype).
+// CPU and Meta kernels: commit.cpp; argument rules: sencache_kernels/ops.def.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>

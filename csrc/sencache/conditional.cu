@@ -9,6 +9,8 @@
 //   torch.cuda.CUDAGraph(keep_graph=True)), and makes the rest of the capture depend on the IF node. torch 2.11 has
 //   no public API for conditional nodes, hence this helper. Returns the handle.
 //
+// CPU and Meta kernels: conditional.cpp; argument rules: sencache_kernels/ops.def.
+//
 // Conditional IF nodes need CUDA 12.4 or newer, in the toolkit this was built with and in the driver; their bodies
 // may hold only kernel, empty, memset, memcpy, child-graph and conditional nodes (checked before the node is added).
 #include <ATen/ATen.h>
