@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+from diffusers.hooks.hooks import ModelHook
 from tqdm.auto import tqdm
 
+from sencache import plumbing
 from sencache.adapters import Adapter, get_adapter
-from sencache.hooks import _arg_position, _context_of, _get_arg, _hook
+from sencache.hooks import _hook
 from sencache.profile import SensitivityProfile, describe_components
 
 _CALIBRATION_HOOK = "sencache_calibration"
@@ -27,23 +28,8 @@ _RESERVED = ("callback_on_step_end", "callback_on_step_end_tensor_inputs", "gene
              "output_type")
 
 
-def _output_tensor(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out.sample
-
-
 def _per_sample_norm(a: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(a.double().reshape(a.shape[0], -1), dim=1)
-
-
-def _replace(args: tuple, kwargs: dict, name: str, pos: int | None, value: Any) -> tuple[tuple, dict]:
-    if name in kwargs or pos is None or pos >= len(args):
-        return args, {**kwargs, name: value}
-    return args[:pos] + (value,) + args[pos + 1:], kwargs
-
-
-class _Unused(BaseState):
-    def reset(self) -> None:
-        pass
 
 
 class _CalibrationHook(ModelHook):
@@ -55,16 +41,14 @@ class _CalibrationHook(ModelHook):
         super().__init__()
         self.adapter = adapter
         self.pipe = pipe
-        self.state_manager = StateManager(_Unused)
+        self.state_manager = plumbing.context_manager()
         self.jx: list[torch.Tensor] = []
         self.jt: list[torch.Tensor] = []
         self.timesteps: list[float] = []
         self.begin_run()
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        fwd = type(module).forward
-        self._latent_pos = _arg_position(fwd, self.adapter.latent_arg)
-        self._timestep_pos = _arg_position(fwd, self.adapter.timestep_arg)
+        self.args = plumbing.Args(type(module).forward, self.adapter.latent_arg, self.adapter.timestep_arg)
         return module
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -86,13 +70,13 @@ class _CalibrationHook(ModelHook):
 
     def _eval(self, args: tuple, kwargs: dict, latent: torch.Tensor | None = None, t: torch.Tensor | None = None):
         if latent is not None:
-            args, kwargs = _replace(args, kwargs, self.adapter.latent_arg, self._latent_pos, latent)
+            args, kwargs = self.args.replace(args, kwargs, **{self.adapter.latent_arg: latent})
         if t is not None:
-            args, kwargs = _replace(args, kwargs, self.adapter.timestep_arg, self._timestep_pos, t)
-        return self._cond(_output_tensor(self.fn_ref.original_forward(*args, **kwargs)))
+            args, kwargs = self.args.replace(args, kwargs, **{self.adapter.timestep_arg: t})
+        return self._cond(plumbing.output_tensor(self.fn_ref.original_forward(*args, **kwargs)))
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        ctx = _context_of(self.state_manager)
+        ctx = plumbing.current_context(self.state_manager)
         name = ctx[0] if ctx is not None else "default"
         if self.leader is None:
             self.leader = name
@@ -100,15 +84,15 @@ class _CalibrationHook(ModelHook):
         if name != self.leader:
             return out
         self.step += 1
-        x = _get_arg(args, kwargs, self.adapter.latent_arg, self._latent_pos)
+        x = self.args.get(args, kwargs, self.adapter.latent_arg)
         if self.schedule is None:  # first step of a run
             self.schedule = [float(v) for v in self.pipe.scheduler.timesteps]
             h = x.shape[0] // 2
             # batched CFG feeds [uncond, cond] halves of one latent: identical halves mean guidance is on
             self.halves = self.adapter.batched_cfg and x.shape[0] % 2 == 0 and torch.equal(x[:h], x[h:])
         k, ts = self.step, self.schedule
-        t = _get_arg(args, kwargs, self.adapter.timestep_arg, self._timestep_pos)
-        f = self._cond(_output_tensor(out)).detach().clone()
+        t = self.args.get(args, kwargs, self.adapter.timestep_arg)
+        f = self._cond(plumbing.output_tensor(out)).detach().clone()
         k_other = k + 1 if k + 1 < len(ts) else k - 1
         if k_other < 0:
             raise ValueError("calibration needs at least 2 inference steps")
@@ -195,7 +179,7 @@ def calibrate(
         raise ValueError(f"got {len(seeds)} seeds for num_samples={num_samples}")
 
     hook = _CalibrationHook(adapter, pipe)
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry = plumbing.registry(transformer)
     registry.register_hook(hook, _CALIBRATION_HOOK)
     old_bar = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)

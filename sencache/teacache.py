@@ -10,19 +10,21 @@ consecutive skips (as published). Sensitivity view: only the ``Jt`` term of SenC
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
 
-from sencache.hooks import _invalidate
+from sencache import plumbing
+from sencache.stack import BlockStack
 
 __all__ = ["TeaCacheConfig", "apply_teacache", "fit_coefficients", "modulated_input", "remove_teacache"]
 
 _HOOK = "teacache"
+_BLOCK_HOOK = "teacache_block"
 
 
 @dataclass
@@ -60,59 +62,56 @@ class _State(BaseState):
         self.step = 0
         self.accumulated = 0.0
         self.previous: torch.Tensor | None = None
-        self.residual: torch.Tensor | None = None
-        self.blocks_in: torch.Tensor | None = None
-        self.compute = True
+        self.residual: tuple[torch.Tensor, ...] | None = None
 
 
-class _BlockHook(ModelHook):
+class _TeaCacheHook(ModelHook):
+    """Transformer-level hook: runs the forward while the block stack asks :meth:`replace_stack` for its output."""
+
     _is_stateful = True
 
-    def __init__(self, manager: StateManager, config: TeaCacheConfig, head: bool, tail: bool,
-                 on_input: Callable[[torch.Tensor], None] | None = None) -> None:
+    def __init__(self, config: TeaCacheConfig, stack: BlockStack) -> None:
         super().__init__()
-        self.state_manager = manager
+        self.state_manager = StateManager(_State)
         self.config = config
-        self.head, self.tail = head, tail
-        self.on_input = on_input
+        self.stack = stack
+        self.args = plumbing.Args(type(stack.blocks[0]).forward, "temb")
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         """Called by the pipeline at the end of every call: the next call starts from step 0."""
         self.state_manager.reset()
         return module
 
-    def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                    temb: torch.Tensor, rotary_emb: Any) -> torch.Tensor:
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if self.state_manager._context is None:
             raise RuntimeError("TeaCache needs the pipeline's cache_context (call the transformer through a diffusers "
                                "pipeline, or wrap the call in transformer.cache_context('cond'))")
+        with self.stack.running(self):
+            return self.fn_ref.original_forward(*args, **kwargs)
+
+    def replace_stack(self, carried: tuple, args: tuple, kwargs: dict) -> tuple:
         st: _State = self.state_manager.get_state()
-        if self.head:
-            self._decide(st, modulated_input(module, hidden_states, temb))
-            if not st.compute:
-                return hidden_states + st.residual
-            st.blocks_in = hidden_states
-        if not st.compute:
-            return hidden_states
-        out = self.fn_ref.original_forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
-        if self.tail:
-            st.residual, st.blocks_in = out - st.blocks_in, None
-            st.step = (st.step + 1) % self.config.num_inference_steps
+        temb = self.args.get(args, kwargs, "temb")
+        compute = self._decide(st, modulated_input(self.stack.blocks[0], carried[0], temb))
+        st.step = (st.step + 1) % self.config.num_inference_steps
+        if not compute:
+            return self.stack.skip(carried, st.residual)
+        out = self.stack.run(carried, args, kwargs)
+        st.residual = self.stack.residual(out, carried)
         return out
 
-    def _decide(self, st: _State, m: torch.Tensor) -> None:
+    def _decide(self, st: _State, m: torch.Tensor) -> bool:
         n = self.config.num_inference_steps
         edge = st.step == 0 or st.step >= n - 1 or st.previous is None or st.residual is None
         if edge or st.previous.shape != m.shape:
-            st.compute, st.accumulated = True, 0.0
+            compute, st.accumulated = True, 0.0
         else:
             st.accumulated += float(np.polyval(self.config.coefficients, _rel_l1(m, st.previous)))
-            st.compute = st.accumulated >= self.config.threshold
-            if st.compute:
+            compute = st.accumulated >= self.config.threshold
+            if compute:
                 st.accumulated = 0.0
         st.previous = m
-        if not st.compute:  # a skipped step ends here: the tail block does not run
-            st.step = (st.step + 1) % n
+        return compute
 
 
 def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> None:
@@ -122,20 +121,19 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> None
         raise ValueError(f"this TeaCache baseline supports WanTransformer3DModel, got {type(transformer).__name__}")
     if len(config.coefficients) == 0 or config.num_inference_steps < 2:
         raise ValueError("TeaCacheConfig needs polynomial coefficients and num_inference_steps >= 2")
-    manager = StateManager(_State)
-    for i, block in enumerate(blocks):
-        hook = _BlockHook(manager, config, head=i == 0, tail=i == len(blocks) - 1)
-        HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _HOOK)
-    _invalidate(transformer)  # cache_context reaches the blocks' state through the transformer's registry
+    stack = BlockStack(blocks, carries_encoder=False, hook_name=_BLOCK_HOOK)
+    plumbing.registry(transformer).register_hook(_TeaCacheHook(config, stack), _HOOK)
+    stack.attach()
+    plumbing.invalidate(transformer)
 
 
 def remove_teacache(transformer: torch.nn.Module) -> None:
     """Remove the hooks of :func:`apply_teacache` (no-op where there are none)."""
-    for block in getattr(transformer, "blocks", ()):
-        registry = getattr(block, "_diffusers_hook", None)
-        if registry is not None and registry.get_hook(_HOOK) is not None:
-            registry.remove_hook(_HOOK, recurse=False)
-    _invalidate(transformer)
+    hook = plumbing.find_hook(transformer, _HOOK)
+    if hook is not None:
+        plumbing.remove_hook(transformer, _HOOK)
+        hook.stack.detach()
+    plumbing.invalidate(transformer)
 
 
 def fit_coefficients(pipe: Any, calls: Sequence[dict], degree: int = 4) -> list[float]:

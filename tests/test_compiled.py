@@ -61,19 +61,21 @@ def test_compiled_equals_eager_and_never_breaks_the_graph(arch, pipes):
     # torch._dynamo.explain of every variant the step takes (deciding or following context; first step of a call:
     # plain stack, later: torch.cond), each on a copy of the decision state. explain resets dynamo, so it runs last.
     hook = _hook(pipe.transformer)
-    compiled_step = hook.compiled_step
+    executor = hook.chain[0]
+    compiled_step = executor.compiled_step
     explained = {}
 
     def explain_then_run(decide_inputs, args, kwargs):
-        variant = (decide_inputs is not None, hook.shared.active.slot.must_compute)
+        variant = (decide_inputs is not None, executor.must_compute)
         if variant not in explained:
-            saved = {k: v.clone() for k, v in hook.shared.state.state_dict().items()}
-            explained[variant] = torch._dynamo.explain(hook._traced)(decide_inputs, args, kwargs)
-            hook.shared.state.load_state_dict(saved)
-            hook.shared.active.slot.pending = None
-        return compiled_step(hook.shared.signature)(decide_inputs, args, kwargs)
+            state = hook.clock.state
+            saved = {k: v.clone() for k, v in state.state_dict().items()}
+            explained[variant] = torch._dynamo.explain(executor.device_step)(decide_inputs, args, kwargs)
+            state.load_state_dict(saved)
+            executor.pending = None
+        return compiled_step(hook.clock.signature)(decide_inputs, args, kwargs)
 
-    hook.compiled_step = lambda signature: explain_then_run
+    executor.compiled_step = lambda signature: explain_then_run
     run(pipe, arch)
     assert {(True, True), (True, False)} <= set(explained)
     for variant, explanation in explained.items():

@@ -10,8 +10,8 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 import sencache
-from sencache import graph as graph_mode
 from sencache import offline_pipelines as tiny
+from sencache.modes import graph as graph_mode
 from sencache_kernels import COMPUTE, DecisionState, has_conditional_nodes
 from tests.test_integration import flat_profile, run
 
@@ -86,7 +86,7 @@ def test_capture_if_checks_its_arguments_and_says_what_to_do():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 def test_graph_support_is_reported_absent_without_cuda():
-    from sencache.graph import unavailable_reason
+    from sencache.modes.graph import unavailable_reason
 
     assert "CUDA" in unavailable_reason(torch.zeros(1))
 

@@ -10,7 +10,7 @@ signature takes three stages, all on the current device:
    stack over static copies of the head block's inputs. The body writes its outputs and ``residual = blocks_out -
    blocks_in`` into buffers that outlive every replay. It is captured with ``keep_graph=True`` in a memory pool of
    its own, so its intermediates never alias tensors that the main graph keeps alive across the IF node.
-2. **Capture.** ``SenCacheHook._traced`` runs under ``torch.cuda.graph``: the decision and the reference update
+2. **Capture.** ``Executor.device_step`` runs under ``torch.cuda.graph``: the decision and the reference update
    (deciding context only), then the forward. At the head block, ``sencache::capture_if`` copies the block inputs
    into the body's buffers and adds the set-conditional kernel and an IF node that runs a copy of the body. The head
    then returns ``where(compute, blocks_out, blocks_in + residual)``, a select on the device. On a computed step
@@ -28,15 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from sencache.modes import Context, Executor, Unavailable
+from sencache.modes.compiled import clone_tensors
+from sencache.stack import BlockStack, Carried, Residual
 from sencache_kernels import COMPUTE, DecisionState, has_conditional_nodes
 
-MAX_GRAPHS = 8  # captured signatures kept per transformer; the oldest is dropped (and its memory freed) beyond
-
-
-class GraphUnavailable(RuntimeError):
-    """Graph mode cannot run here; the message says why (the hook falls back to another mode)."""
+MAX_GRAPHS = 8  # captured signatures kept per context; the oldest is dropped (and its memory freed) beyond
 
 
 def unavailable_reason(x: torch.Tensor) -> str | None:
@@ -53,6 +52,37 @@ def unavailable_reason(x: torch.Tensor) -> str | None:
     return None
 
 
+class GraphExecutor(Executor):
+    name = "graph"
+
+    def __call__(self, ctx: Context, step: Any, args: tuple, kwargs: dict) -> Any:
+        clock = self.hook.clock
+        decide_inputs = None
+        if step is not None:
+            step.state.set_inputs(step.eps, step.forced)
+            decide_inputs = (step.t, *step.lookup(self.hook.config))
+        key, leaves = signature_key((decide_inputs, args, kwargs))
+        cap = ctx.captures.get(key)
+        if cap is None or cap.state is not clock.state:
+            cap = ctx.captures[key] = self._capture(decide_inputs, args, kwargs)
+            while len(ctx.captures) > MAX_GRAPHS:
+                ctx.captures.popitem(last=False)
+        must_compute = not cap.body.residual.valid(clock.call)
+        out = replay(cap, leaves, must_compute)
+        cap.body.residual.call = clock.call
+        if step is not None:
+            clock.record(step, step.state.flag)
+        clock.count_stack_call(True if must_compute else clock.flag)
+        return out
+
+    def _capture(self, decide_inputs: tuple | None, args: tuple, kwargs: dict) -> CapturedCall:
+        state = self.hook.clock.state
+        reason = unavailable_reason(state.x_ref)
+        if reason is not None:
+            raise Unavailable(f"graph mode is unavailable: {reason}")
+        return capture_call(self, state, decide_inputs, args, kwargs)
+
+
 def _tensors(leaves: list[Any]) -> list[torch.Tensor]:
     return [v for v in leaves if isinstance(v, torch.Tensor)]
 
@@ -61,12 +91,12 @@ def _static_copy(leaves: list[Any]) -> list[Any]:
     return [v.clone() if isinstance(v, torch.Tensor) else v for v in leaves]
 
 
-def signature_key(name: str, tree: Any) -> tuple[tuple, list[Any]]:
-    """``(key, leaves)``: what a captured graph is specific to (the context, the input structure, every tensor's
-    shape, dtype and device, and every other input's value, which the capture bakes in), and the inputs flattened."""
+def signature_key(tree: Any) -> tuple[tuple, list[Any]]:
+    """``(key, leaves)``: what a captured graph is specific to (the input structure, every tensor's shape, dtype and
+    device, and every other input's value, which the capture bakes in), and the inputs flattened."""
     leaves, spec = tree_flatten(tree)
-    return (name, spec, tuple((tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor)
-                                   else ("value", repr(v)) for v in leaves)), leaves
+    return (spec, tuple((tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor)
+                        else ("value", repr(v)) for v in leaves)), leaves
 
 
 @dataclass
@@ -75,9 +105,9 @@ class _Body:
 
     graph: torch.cuda.CUDAGraph
     inputs: list[torch.Tensor]  # static copies of the head block's tensor inputs, in flatten order
-    carried: tuple[torch.Tensor, ...]  # those of them the blocks carry: (hidden,) or (hidden, encoder)
-    outputs: tuple[torch.Tensor, ...]  # the stack's outputs (in the body's pool)
-    residual: tuple[torch.Tensor, ...]  # blocks_out - blocks_in of the last computed step (outside every pool)
+    carried: Carried  # those of them the blocks carry: (hidden,) or (hidden, encoder)
+    outputs: Carried  # the stack's outputs (in the body's pool)
+    residual: Residual  # blocks_out - blocks_in of the last computed step (outside every pool), and its call
 
 
 @dataclass
@@ -90,46 +120,47 @@ class CapturedCall:
     output: Any
     must: torch.Tensor  # device bool, set before each replay: compute whatever the flag says
     state: DecisionState
-    epoch: int = -1  # the pipeline call whose residual the body's buffers hold (kept by the hook)
 
 
 class _Building:
-    """What the head block does while a call is being captured: its hook calls ``stack``."""
+    """What stands for the block stack while a call is being captured."""
 
-    def __init__(self, must: torch.Tensor) -> None:
+    def __init__(self, stack: BlockStack, must: torch.Tensor) -> None:
+        self.stack = stack
         self.must = must  # device bool: compute whatever the flag says
         self.flag: torch.Tensor | None = None  # the decision flag of the state in use
         self.body: _Body | None = None
         self.capturing = False
 
-    def stack(self, hook: Any, carried: tuple, args: tuple, kwargs: dict) -> tuple:
-        """The head block's replacement for the stack; ``hook`` is its ``SenCacheBlockHook``."""
+    def replace_stack(self, carried: Carried, args: tuple, kwargs: dict) -> Carried:
+        stack = self.stack
         if not self.capturing:  # warm-up: run the stack, then capture the body on static copies of its inputs
-            out = hook._run_stack(carried, args, kwargs)
-            self.body = self._capture_body(hook, args, kwargs)
+            out = stack.run(carried, args, kwargs)
+            self.body = self._capture_body(stack, args, kwargs)
             return out
         body = self.body
         for dst, src in zip(body.inputs, _tensors(tree_flatten((args, kwargs))[0]), strict=True):
             dst.copy_(src)
-        # read after the step's decision, which runs before the forward (SenCacheHook._traced)
+        # read after the step's decision, which runs before the forward (Executor.device_step)
         pred = self.flag | self.must.to(torch.int32) * COMPUTE
         _capture_if(pred, body.graph)
         compute = (pred & COMPUTE) != 0
-        return tuple(torch.where(compute, o, c + r) for o, c, r in zip(body.outputs, body.carried, body.residual,
-                                                                      strict=True))
+        return tuple(torch.where(compute, o, s) for o, s in zip(body.outputs,
+                                                                 stack.skip(body.carried, body.residual.tensors),
+                                                                 strict=True))
 
     @staticmethod
-    def _capture_body(hook: Any, args: tuple, kwargs: dict) -> _Body:
+    def _capture_body(stack: BlockStack, args: tuple, kwargs: dict) -> _Body:
         leaves, spec = tree_flatten((args, kwargs))
         static = _static_copy(leaves)
         s_args, s_kwargs = tree_unflatten(static, spec)
-        carried = hook._carried(s_args, s_kwargs)
-        residual = tuple(torch.zeros_like(c) for c in carried)
+        carried = stack.carried(s_args, s_kwargs)
+        residual = Residual()
+        residual.tensors = tuple(torch.zeros_like(c) for c in carried)
 
-        def body() -> tuple[torch.Tensor, ...]:
-            outputs = tuple(hook._run_stack(carried, s_args, s_kwargs))
-            for o, c, r in zip(outputs, carried, residual, strict=True):
-                torch.sub(o, c, out=r)
+        def body() -> Carried:
+            outputs = stack.run(carried, s_args, s_kwargs)
+            stack.store_residual(outputs, carried, residual.tensors)
             return outputs
 
         graph, outputs = _capture(body, keep_graph=True)  # never instantiated: a copy runs under the IF node
@@ -160,37 +191,30 @@ def _capture_if(pred: torch.Tensor, body: Any) -> None:
     torch.ops.sencache.capture_if(pred, body.raw_cuda_graph())
 
 
-def capture_call(step_fn: Any, activate: Any, state: DecisionState, decide_inputs: tuple | None, args: tuple,
+def capture_call(executor: GraphExecutor, state: DecisionState, decide_inputs: tuple | None, args: tuple,
                  kwargs: dict) -> CapturedCall:
-    """Capture one transformer call.
-
-    Args:
-        step_fn: ``step_fn(decide_inputs, args, kwargs, state)``: the decision (when ``decide_inputs`` is given)
-            and the transformer's forward with the block hooks active.
-        activate: ``activate(building)``: a context manager under which the head block hook calls
-            ``building.stack(hook, carried, args, kwargs)`` in place of the block stack.
-        state: the decision state whose flag drives the IF node.
-        decide_inputs, args, kwargs: this call's inputs (tensors are copied into static buffers).
+    """Capture one transformer call: ``executor.device_step`` (the decision when ``decide_inputs`` is given, then
+    the forward), with the head block building the IF node; ``state``'s flag drives it.
 
     Raises:
-        GraphUnavailable: an input lives off the latent's device, or capturing failed (the message says why).
+        Unavailable: an input lives off the latent's device, or capturing failed (the message says why).
     """
     leaves, spec = tree_flatten((decide_inputs, args, kwargs))
     tensors = _tensors(leaves)
     device = state.flag.device
     off = [tuple(t.shape) for t in tensors if t.device != device]
     if off:
-        raise GraphUnavailable(f"transformer inputs of shapes {off} are not on {device}; graph mode needs every "
-                               "tensor input on the latent's device")
+        raise Unavailable(f"transformer inputs of shapes {off} are not on {device}; graph mode needs every "
+                          "tensor input on the latent's device")
     static = _static_copy(leaves)
     s_decide, s_args, s_kwargs = tree_unflatten(static, spec)
     must = torch.ones((), dtype=torch.bool, device=device)
-    building = _Building(must)
+    building = _Building(executor.hook.stack, must)
 
     def body_of_step(st: DecisionState) -> Any:
         building.flag = st.flag
-        with activate(building):
-            return step_fn(s_decide, s_args, s_kwargs, st)
+        with building.stack.running(building):
+            return executor.device_step(s_decide, s_args, s_kwargs, st)
 
     def warm_up() -> None:  # on a copy of the state; captures the body
         scratch = DecisionState(torch.empty_like(state.x_ref))
@@ -203,7 +227,7 @@ def capture_call(step_fn: Any, activate: Any, state: DecisionState, decide_input
             building.capturing = True
             graph, output = _capture(lambda: body_of_step(state))
     except (RuntimeError, ValueError) as exc:
-        raise GraphUnavailable(f"capturing the step failed: {exc}") from exc
+        raise Unavailable(f"capturing the step failed: {exc}") from exc
     return CapturedCall(graph, building.body, _tensors(static), output, must, state)
 
 
@@ -219,8 +243,3 @@ def replay(cap: CapturedCall, leaves: list[Any], must_compute: bool) -> Any:
     cap.must.fill_(must_compute)
     cap.graph.replay()
     return clone_tensors(cap.output)
-
-
-def clone_tensors(tree: Any) -> Any:
-    """``tree`` with every tensor cloned: outputs that a later replay would overwrite, handed out as fresh tensors."""
-    return tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, tree)

@@ -1,0 +1,151 @@
+"""The step clock: the host bookkeeping of the pipeline calls one transformer takes part in.
+
+The first context to call the transformer in a pipeline call (Wan's "cond"; the only one under batched CFG) leads:
+each of its calls is a new denoising step, for which the clock works out whether a new pipeline call began, the step
+index, the step's tolerance and forcing, and which decision state (one per latent signature, kept across calls) the
+decision updates. The other contexts (Wan's "uncond") follow the leader's decision. The clock also keeps the
+statistics of the last calls, on the device until they are asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sencache.config import SenCacheConfig
+from sencache.stats import StatsRecorder
+from sencache_kernels import DecisionState
+
+MAX_HISTORY = 64  # pipeline calls whose statistics are kept
+MAX_STATES = 8  # latent signatures whose decision states are kept; the oldest is dropped beyond
+
+
+@dataclass
+class Step:
+    """What the leading context's call decides with."""
+
+    index: int
+    t: torch.Tensor  # the timestep per sample, float32 [B] on the latent's device
+    eps: float
+    forced: bool
+    state: DecisionState
+    threshold: float  # eps * sqrt(elements per sample), as the decision compares the scores with it
+
+    def lookup(self, config: SenCacheConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Jx(t), Jt(t))`` of the profile, on the device."""
+        return config.profile.lookup(self.t, config.interpolation)
+
+
+class StepClock:
+    """Host bookkeeping of one transformer's pipeline calls (see the module docstring).
+
+    Args:
+        config: the SenCache configuration (tolerances, forced steps, the step count of a bare transformer).
+        scheduler: the pipeline's scheduler (its ``timesteps`` tell the step count and a new call), or None.
+        force_first, force_last: steps computed at the start and the end whatever the score.
+    """
+
+    def __init__(self, config: SenCacheConfig, scheduler: Any | None, force_first: int, force_last: int) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.force_first, self.force_last = force_first, force_last
+        self.call = 0  # counts pipeline calls: a residual is valid only within the call that made it
+        self.history: list[StatsRecorder] = []
+        self.states: OrderedDict[tuple, DecisionState] = OrderedDict()
+        self.state: DecisionState | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the running call (the next leading call starts a new one)."""
+        self.call += 1
+        self.leader: str | None = None
+        self.step = -1
+        self.num_steps = 0
+        self.signature: tuple | None = None
+        self.timesteps_obj: Any = None
+        self.compute = True  # the last decision, where it was read on the host (eager mode)
+        self.flag: torch.Tensor | None = None  # a copy of the last decision flag, where it stays on the device
+        self.warned_nonfinite = False
+        self.recorder: StatsRecorder | None = None
+
+    def leads(self, name: str) -> bool:
+        """Whether a call of context ``name`` is a new step (the leading context, or the first call after a reset)."""
+        return self.leader is None or name == self.leader
+
+    def tick(self, name: str, x: torch.Tensor, t: Any, step_index: int | None, ctx_steps: int | None) -> Step:
+        """Start the step of the leading context's call with latent ``x`` at timestep ``t``."""
+        tb = per_sample_timestep(t, x)  # validates before any state changes
+        num_steps = self._num_steps(ctx_steps)
+        timesteps_obj = getattr(self.scheduler, "timesteps", None)
+        signature = (tuple(x.shape), x.dtype, x.device, num_steps)
+        if (self.leader is None or signature != self.signature or self.step + 1 >= self.num_steps
+                or (step_index is not None and step_index <= self.step)
+                or (timesteps_obj is not None and timesteps_obj is not self.timesteps_obj)):
+            self._start_call(name, signature, num_steps, timesteps_obj)
+        self.step = self.step + 1 if step_index is None else int(step_index)
+        if self.state is None or not self.state.matches(x):
+            self.state = self._state_for(x)
+        eps = self.config.tolerance(self.step, num_steps)
+        forced = self.step < self.force_first or self.step >= num_steps - self.force_last
+        threshold = eps * math.sqrt(math.prod(signature[0][1:]))
+        return Step(self.step, tb, eps, forced, self.state, threshold)
+
+    def _start_call(self, leader: str, signature: tuple, num_steps: int, timesteps_obj: Any) -> None:
+        self.reset()
+        self.leader, self.signature, self.num_steps, self.timesteps_obj = leader, signature, num_steps, timesteps_obj
+        self.recorder = StatsRecorder(num_steps)
+        self.history.append(self.recorder)
+        del self.history[:-MAX_HISTORY]
+
+    def _state_for(self, x: torch.Tensor) -> DecisionState:
+        key = (tuple(x.shape), x.dtype, x.device)
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = DecisionState(x)
+            for buf in state.buffers():  # static inputs of the compiled step; captured graphs keep them anyway
+                torch._dynamo.mark_static_address(buf)
+            while len(self.states) > MAX_STATES:
+                self.states.popitem(last=False)
+        return state
+
+    def _num_steps(self, ctx_steps: int | None) -> int:
+        if ctx_steps:
+            return int(ctx_steps)
+        ts = getattr(self.scheduler, "timesteps", None)
+        if ts is not None:
+            return len(ts)
+        if self.config.num_inference_steps is not None:
+            return self.config.num_inference_steps
+        raise ValueError("SenCache does not know the number of denoising steps: apply it to the pipeline "
+                         "(sencache.apply_sencache(pipe, config)) or set SenCacheConfig(num_inference_steps=...)")
+
+    # ------------------------------------------------------------------------------------------------ statistics
+    def record(self, step: Step, computed: bool | torch.Tensor) -> None:
+        """The leading call's decision: a bool read on the host, or the device flag (a snapshot is kept)."""
+        if isinstance(computed, torch.Tensor):
+            computed = self.flag = computed.clone()
+        self.recorder.record(step.t, step.state.score, step.threshold, step.forced, computed)
+
+    def count_stack_call(self, computed: bool | torch.Tensor) -> None:
+        """One context's call: whether it ran the block stack (a bool, or the step's flag snapshot)."""
+        if self.recorder is not None:
+            self.recorder.count_stack_call(computed)
+
+def per_sample_timestep(t: Any, x: torch.Tensor) -> torch.Tensor:
+    """The timestep as float32 ``[B]`` on the latent's device (one value per sample)."""
+    b = x.shape[0]
+    if not isinstance(t, torch.Tensor):
+        t = torch.tensor(float(t), device=x.device)
+    if t.device != x.device:
+        raise ValueError(f"SenCache: timestep is on {t.device} but the latent is on {x.device}; put both on "
+                         "the same device")
+    t = t.to(torch.float32)
+    if t.dim() == 0 or t.numel() == 1:
+        return t.reshape(1).expand(b).contiguous()
+    if t.shape[0] != b:
+        raise ValueError(f"SenCache: timestep has {t.shape[0]} entries for a batch of {b}")
+    return t.reshape(b, -1).amax(dim=1).contiguous()

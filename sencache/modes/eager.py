@@ -1,0 +1,46 @@
+"""Eager mode: the fused decision runs on the device and its flag is read once on the host; the block stack then
+runs (storing ``blocks_out - blocks_in`` as the context's residual) or is skipped (``blocks_in + residual``)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from sencache.modes import Context, Executor
+from sencache.stack import Carried
+from sencache_kernels import COMPUTE, NONFINITE
+
+
+class EagerExecutor(Executor):
+    name = "eager"
+
+    def __call__(self, ctx: Context, step: Any, args: tuple, kwargs: dict) -> Any:
+        hook, clock = self.hook, self.hook.clock
+        if step is not None:
+            jx_now, jt_now = step.lookup(hook.config)
+            step.state.decide(hook.latent(args, kwargs), step.t, jx_now, jt_now, step.eps, step.forced,
+                              hook.config.max_consecutive_skips)
+            flag = step.state.read_flag()  # the one host read of an eager step
+            if flag & NONFINITE and not clock.warned_nonfinite:
+                clock.warned_nonfinite = True
+                warnings.warn("SenCache: the latent contains NaN or Inf; such steps are always computed, never "
+                              "skipped. Check the inputs and the model's dtype.", RuntimeWarning, stacklevel=5)
+            clock.compute = bool(flag & COMPUTE)
+            clock.record(step, clock.compute)
+        self._residual = ctx.residual
+        with hook.stack.running(self):
+            return hook.fn_ref.original_forward(*args, **kwargs)
+
+    def replace_stack(self, carried: Carried, args: tuple, kwargs: dict) -> Carried:
+        clock, stack, residual = self.hook.clock, self.hook.stack, self._residual
+        compute = clock.compute or not residual.valid(clock.call, carried)
+        clock.count_stack_call(compute)
+        if not compute:
+            return stack.skip(carried, residual.tensors)
+        out = stack.run(carried, args, kwargs)
+        residual.set(stack.residual(out, carried), clock.call)
+        return out
+
+    def end_call(self, contexts: dict[str, Context]) -> None:
+        for ctx in contexts.values():  # eager residuals are fresh tensors each step: free them between calls
+            ctx.residual.clear()

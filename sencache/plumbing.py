@@ -1,0 +1,109 @@
+"""The diffusers plumbing in one place: finding a call's arguments, the cache context a pipeline set, the hook
+registries, and the transformer (and scheduler) behind a pipeline."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from diffusers.hooks.hooks import BaseState, HookRegistry, StateManager
+
+try:  # diffusers >= 0.42 passes a CacheContext; older releases pass the context name
+    from diffusers.hooks.hooks import CacheContext
+except ImportError:  # pragma: no cover - depends on the installed diffusers
+    CacheContext = None
+
+
+class Args:
+    """Where the named arguments of a ``forward`` sit, so that calls can be read and rewritten by name."""
+
+    def __init__(self, forward: Any, *names: str) -> None:
+        params = [p.name for p in inspect.signature(forward).parameters.values() if p.name != "self"]
+        self.positions = {name: params.index(name) if name in params else None for name in names}
+
+    def get(self, args: tuple, kwargs: dict, name: str) -> Any:
+        """The value of argument ``name`` in a call, or None when it was not passed."""
+        if name in kwargs:
+            return kwargs[name]
+        pos = self.positions[name]
+        if pos is not None and pos < len(args):
+            return args[pos]
+        return None
+
+    def replace(self, args: tuple, kwargs: dict, **values: Any) -> tuple[tuple, dict]:
+        """The call's ``(args, kwargs)`` with the named arguments set to ``values``."""
+        args, kwargs = list(args), dict(kwargs)
+        for name, value in values.items():
+            pos = self.positions[name]
+            if name in kwargs or pos is None or pos >= len(args):
+                kwargs[name] = value
+            else:
+                args[pos] = value
+        return tuple(args), kwargs
+
+
+class NoState(BaseState):
+    """The per-context state of a hook that keeps its own: diffusers' ``StateManager`` then only tells the context."""
+
+    def reset(self) -> None:
+        pass
+
+
+def context_manager() -> StateManager:
+    """A ``StateManager`` for a stateful hook: diffusers' ``cache_context`` sets the current context on it."""
+    return StateManager(NoState)
+
+
+def current_context(manager: StateManager) -> tuple[str, int | None, int | None] | None:
+    """(name, step_index, num_inference_steps) of the context set by ``cache_context``, or None."""
+    ctx = getattr(manager, "_context", None)
+    if ctx is None:
+        ctx = getattr(manager, "_current_context", None)
+    if ctx is None:
+        return None
+    return getattr(ctx, "name", ctx), getattr(ctx, "step_index", None), getattr(ctx, "num_inference_steps", None)
+
+
+def set_context(manager: StateManager, name: str | None) -> None:
+    """Set (or clear, with None) the context of ``manager`` as ``cache_context`` would."""
+    manager.set_context(CacheContext(name) if (CacheContext is not None and name is not None) else name)
+
+
+def split(target: Any) -> tuple[torch.nn.Module, Any | None]:
+    """(transformer, scheduler) from a pipeline or a bare transformer."""
+    if isinstance(target, torch.nn.Module):
+        return target, None
+    transformer = getattr(target, "transformer", None)
+    if not isinstance(transformer, torch.nn.Module):
+        raise ValueError(f"expected a diffusers pipeline with a `transformer` or a transformer module, "
+                         f"got {type(target).__name__}")
+    return transformer, getattr(target, "scheduler", None)
+
+
+def output_tensor(out: Any) -> torch.Tensor:
+    """The sample of a transformer's output (a ``return_dict=False`` tuple or an output dataclass)."""
+    return out[0] if isinstance(out, (tuple, list)) else out.sample
+
+
+def registry(module: torch.nn.Module) -> HookRegistry:
+    return HookRegistry.check_if_exists_or_initialize(module)
+
+
+def find_hook(module: torch.nn.Module, name: str) -> Any | None:
+    """The hook registered as ``name`` on ``module``, or None."""
+    reg = getattr(module, "_diffusers_hook", None)
+    return reg.get_hook(name) if reg is not None else None
+
+
+def remove_hook(module: torch.nn.Module, name: str) -> None:
+    """Remove the hook ``name`` from ``module`` (no-op where there is none)."""
+    if find_hook(module, name) is not None:
+        module._diffusers_hook.remove_hook(name, recurse=False)
+
+
+def invalidate(transformer: torch.nn.Module) -> None:
+    """Make ``cache_context`` see hooks added to or removed from the transformer's submodules."""
+    reg = registry(transformer)
+    if hasattr(reg, "invalidate_child_registries_cache"):
+        reg.invalidate_child_registries_cache()

@@ -1,0 +1,148 @@
+"""The block stack: the transformer's block list, the streams its blocks carry, running it, its residual and the skip.
+
+Every cache here (SenCache in each execution mode, the TeaCache baseline) replaces the same thing: the evaluation of
+the block stack inside one transformer call. ``BlockStack`` hooks every block. While a call is ``running(head)``, the
+head block hands the stack's input to ``head.replace_stack(carried, args, kwargs)``, which returns the stack's
+output (by running the blocks, or by adding a cached residual), and every other block passes its input through.
+Outside such a call the blocks run as usual. The streams carried from block to block are ``(hidden,)``, or
+``(hidden, encoder)`` for blocks that also update the encoder hidden states (CogVideoX).
+
+Arithmetic, the same for every user: ``residual = blocks_out - blocks_in`` on a computed step,
+``blocks_out = blocks_in + residual`` on a skipped one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import torch
+from diffusers.hooks.hooks import ModelHook
+
+from sencache import plumbing
+from sencache_kernels import commit
+
+Carried = tuple[torch.Tensor, ...]
+
+
+class Head(Protocol):
+    """What stands for the block stack during a cached call (an executor of a mode, the TeaCache hook)."""
+
+    def replace_stack(self, carried: Carried, args: tuple, kwargs: dict) -> Carried: ...
+
+
+class Residual:
+    """A context's cached residual and the pipeline call it belongs to: valid only within that call."""
+
+    def __init__(self) -> None:
+        self.tensors: Carried | None = None
+        self.call = -1
+
+    def valid(self, call: int, carried: Carried | None = None) -> bool:
+        """Whether it holds a residual of pipeline call ``call`` (and of the shapes and dtypes of ``carried``)."""
+        if self.tensors is None or self.call != call:
+            return False
+        return carried is None or (len(self.tensors) == len(carried) and all(
+            r.shape == c.shape and r.dtype == c.dtype for r, c in zip(self.tensors, carried, strict=True)))
+
+    def set(self, tensors: Carried, call: int) -> None:
+        self.tensors, self.call = tensors, call
+
+    def clear(self) -> None:
+        self.tensors, self.call = None, -1
+
+
+class BlockStack:
+    """The block list of one transformer, hooked so that a cache can replace its evaluation.
+
+    Args:
+        blocks: the transformer's block ``ModuleList`` (the adapter's ``block_list``).
+        carries_encoder: blocks return ``(hidden_states, encoder_hidden_states)`` rather than ``hidden_states``.
+        hook_name: the name the block hooks are registered under.
+    """
+
+    def __init__(self, blocks: torch.nn.ModuleList, carries_encoder: bool, hook_name: str) -> None:
+        self.blocks = blocks
+        self.carries_encoder = carries_encoder
+        self.hook_name = hook_name
+        self.head: Head | None = None  # set while a transformer call runs
+        self.args = plumbing.Args(type(blocks[0]).forward, "hidden_states", "encoder_hidden_states")
+        self.streams = ("hidden_states", "encoder_hidden_states") if carries_encoder else ("hidden_states",)
+        self.forwards: list[Callable[..., Any]] = []  # the blocks' forwards below our hooks
+
+    def attach(self) -> None:
+        """Hook every block (the first one is the head)."""
+        for i, block in enumerate(self.blocks):
+            hook = _BlockHook(self, head=i == 0)
+            plumbing.registry(block).register_hook(hook, self.hook_name)
+            self.forwards.append(hook.fn_ref.original_forward)
+
+    def detach(self) -> None:
+        for block in self.blocks:
+            plumbing.remove_hook(block, self.hook_name)
+        self.forwards = []
+
+    @contextlib.contextmanager
+    def running(self, head: Head) -> Iterator[None]:
+        """Within this block, the head block returns ``head.replace_stack(carried, args, kwargs)`` and the others
+        pass their input through. ``head`` is a long-lived object, so that torch.compile guards stay the same."""
+        self.head = head
+        try:
+            yield
+        finally:
+            self.head = None
+
+    def carried(self, args: tuple, kwargs: dict) -> Carried:
+        """The streams the blocks carry, from the arguments of a block call."""
+        return tuple(self.args.get(args, kwargs, name) for name in self.streams)
+
+    def run(self, carried: Carried, args: tuple, kwargs: dict) -> Carried:
+        """Every block on ``carried`` (each block takes the head block's other arguments)."""
+        for forward in self.forwards:
+            a, k = self.args.replace(args, kwargs, **dict(zip(self.streams, carried, strict=True)))
+            out = forward(*a, **k)
+            carried = tuple(out) if self.carries_encoder else (out,)
+        return carried
+
+    @staticmethod
+    def residual(out: Carried, carried: Carried) -> Carried:
+        """``blocks_out - blocks_in``, per stream."""
+        return tuple(o - c for o, c in zip(out, carried, strict=True))
+
+    @staticmethod
+    def store_residual(out: Carried, carried: Carried, dst: Carried, flag: torch.Tensor | None = None) -> None:
+        """``dst <- blocks_out - blocks_in`` in place; with the device ``flag``, only when it says compute."""
+        for o, c, r in zip(out, carried, dst, strict=True):
+            if flag is None:
+                torch.sub(o, c, out=r)
+            else:
+                commit(flag, o, c, r)
+
+    @staticmethod
+    def skip(carried: Carried, residual: Carried) -> Carried:
+        """``blocks_in + residual``, per stream: the stack's output on a skipped step."""
+        return tuple(c + r for c, r in zip(carried, residual, strict=True))
+
+    def output(self, carried: Carried) -> Any:
+        """What a block returns for the carried streams."""
+        return carried if self.carries_encoder else carried[0]
+
+
+class _BlockHook(ModelHook):
+    """One block's hook: runs the block outside a cached call; within one, the head block stands for the whole
+    stack and the others pass their input through."""
+
+    def __init__(self, stack: BlockStack, head: bool) -> None:
+        super().__init__()
+        self.stack = stack
+        self.is_head = head
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        stack = self.stack
+        if stack.head is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        carried = stack.carried(args, kwargs)
+        if self.is_head:
+            carried = stack.head.replace_stack(carried, args, kwargs)
+        return stack.output(carried)
