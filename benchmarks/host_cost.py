@@ -326,6 +326,13 @@ PROFILE_ITEMS: tuple[tuple[str, str], ...] = (
     ("StatsRecorder.record", "sencache.stats:StatsRecorder.record"),
     ("StatsRecorder.count_stack_call", "sencache.stats:StatsRecorder.count_stack_call"),
     ("SenCache block hook `new_forward` (incl. the blocks)", "sencache.hooks:SenCacheBlockHook.new_forward"),
+    # the same roles after the refactor into a step clock, a block stack and one executor per mode (commit 2a64a1a)
+    ("SenCache `StepClock.tick` (step clock)", "sencache.clock:StepClock.tick"),
+    ("SenCache `StepClock.record` (statistics)", "sencache.clock:StepClock.record"),
+    ("SenCache `EagerExecutor.__call__` (incl. the model's forward)", "sencache.modes.eager:EagerExecutor.__call__"),
+    ("SenCache `BlockStack.run` (the blocks, from the head)", "sencache.stack:BlockStack.run"),
+    ("SenCache block hook `_BlockHook.new_forward` (incl. the blocks)", "sencache.stack:_BlockHook.new_forward"),
+    ("sencache `Args.replace` (argument plumbing)", "sencache.plumbing:Args.replace"),
     ("diffusers hook wrapper `new_forward` (registry)", "diffusers/hooks/hooks.py|new_forward"),
     ("diffusers `_set_cache_context`", "diffusers.hooks.hooks:_set_cache_context"),
     ("diffusers `cache_context` (cond + uncond)", "diffusers.models.cache_utils:CacheMixin.cache_context"),
@@ -543,10 +550,12 @@ def markdown_table(record: dict[str, Any]) -> str:
                   "| item | calls / step | own (µs) | cumulative (µs) |", "|---|---|---|---|"]
         for label, item in prof["selected"].items():
             if not item["found"]:
-                lines.append(f"| {label} | not found | | |")
                 continue
             own = "" if item["tottime_us"] is None else f"{item['tottime_us']:.1f}"
             lines.append(f"| {label} | {item['calls']:g} | {own} | {item['cumtime_us']:.1f} |")
+        missing = [label for label, item in prof["selected"].items() if not item["found"]]
+        if missing:
+            lines += ["", "Not in this code: " + "; ".join(missing) + "."]
         lines += ["", "Functions SenCache calls more often than the uncached pipeline, by the own time of the extra "
                   "calls (µs per step, profiled):", "",
                   "| function | added own time | cumulative | calls / step (SenCache, uncached) |", "|---|---|---|---|"]
@@ -645,8 +654,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--profile", type=int, default=8, metavar="N",
                         help="also cProfile N calls of SenCache and uncached, and time SenCache's pieces (0: off)")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="only rewrite the markdown table next to this record from it (no measurement)")
     parser.add_argument("--label", default="", help="free text stored in the record (e.g. which code this measures)")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        record = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(markdown_table(record))
+        print(markdown_table(record))
+        return record
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
     if args.steps < 2:

@@ -101,6 +101,9 @@ def test_profile_and_table(measured):
     assert table == host_cost.markdown_table(record)
     rows = [line.split(" | ")[0].removeprefix("| ") for line in table.splitlines()[6:10]]
     assert rows == list(host_cost.METHODS)
+    out.with_suffix(".md").unlink()
+    host_cost.main(["--render", str(out)])  # the table is regenerated from the record alone
+    assert out.with_suffix(".md").read_text() == table
 
 
 def test_quantiles():
