@@ -91,12 +91,12 @@ class StepClock:
             self.state = self._state_for(x)
         eps = self.config.tolerance(self.step, num_steps)
         forced = self.step < self.force_first or self.step >= num_steps - self.force_last
-        threshold = eps * math.sqrt(math.prod(signature[0][1:]))
-        return Step(self.step, tb, eps, forced, self.state, threshold)
+        return Step(self.step, tb, eps, forced, self.state, eps * self.root_n)
 
     def _start_call(self, leader: str, signature: tuple, num_steps: int, timesteps_obj: Any) -> None:
         self.reset()
         self.leader, self.signature, self.num_steps, self.timesteps_obj = leader, signature, num_steps, timesteps_obj
+        self.root_n = math.sqrt(math.prod(signature[0][1:]))  # sqrt(elements per sample) of the call's latent
         self.recorder = StatsRecorder(num_steps)
         self.history.append(self.recorder)
         del self.history[:-MAX_HISTORY]

@@ -90,7 +90,9 @@ class SenCacheHook(ModelHook):
         step = self.clock.tick(name, x, t, step_index, ctx_steps) if self.clock.leads(name) else None
         if self.chain is None:
             self.chain = build_chain(self, self.requested_mode, x, self.compile_options)
-        ctx = self.contexts.setdefault(name, Context())
+        ctx = self.contexts.get(name)
+        if ctx is None:
+            ctx = self.contexts[name] = Context()
         while True:
             try:
                 return self.chain[0](ctx, step, args, kwargs)

@@ -100,28 +100,39 @@ class SensitivityProfile:
     def lookup(self, t: torch.Tensor, interpolation: str = "linear") -> tuple[torch.Tensor, torch.Tensor]:
         """``(Jx(t), Jt(t))`` as float32 tensors on ``t``'s device, with no host synchronisation.
 
+        Between the neighbouring table entries ``lo < hi``: ``w = clamp((t - t_lo) / (t_hi - t_lo), 0, 1)`` and
+        ``J(t) = J_lo + w * (J_hi - J_lo)`` in float32 (``w`` rounded to 0 or 1 for ``"nearest"``).
+
         Args:
             t: timesteps, any shape (float or integer); values outside the table are clamped to its ends.
             interpolation: ``"linear"`` between neighbouring table entries, or ``"nearest"`` entry.
         """
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
-        ts, jx, jt = self._tables(t.device)
+        ts, table = self._tables(t.device)
         tq = t.to(torch.float32)
-        if ts.numel() == 1:
-            return jx.expand(tq.shape).clone(), jt.expand(tq.shape).clone()
-        hi = torch.searchsorted(ts, tq.contiguous()).clamp(1, ts.numel() - 1)
-        lo = hi - 1
-        t0, t1 = ts[lo], ts[hi]
-        w = ((tq - t0) / (t1 - t0)).clamp(0.0, 1.0)
+        if ts.numel() == 1:  # a single entry: the table is [[Jx], [Jt]]
+            return table[0].expand(tq.shape).clone(), table[1].expand(tq.shape).clone()
+        # One gather per step: column hi of the table holds the interval [hi - 1, hi] (column 0 is never read).
+        g = table[:, torch.searchsorted(ts, tq.contiguous()).clamp_(1, ts.numel() - 1)]
+        w = ((tq - g[0]) / g[1]).clamp_(0.0, 1.0)
         if interpolation == "nearest":
             w = (w > 0.5).to(torch.float32)
-        return jx[lo] + w * (jx[hi] - jx[lo]), jt[lo] + w * (jt[hi] - jt[lo])
+        j = g[2:4] + w * g[4:6]
+        return j[0], j[1]
 
-    def _tables(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ascending timesteps and, by upper index ``hi``, the interval table ``[t_lo, t_hi - t_lo, Jx_lo, Jt_lo,
+        Jx_hi - Jx_lo, Jt_hi - Jt_lo]`` (``[6, len]``, column 0 unused), float32 on ``device``, made on first use."""
         tables = self._device_tables.get(device)
         if tables is None:
-            tables = tuple(v.to(device=device, dtype=torch.float32) for v in self._sorted)
+            ts, jx, jt = (v.to(device=device, dtype=torch.float32) for v in self._sorted)
+            if ts.numel() == 1:
+                tables = (ts, torch.stack([jx, jt]))
+            else:
+                lows = [torch.cat([v[:1], v[:-1]]) for v in (ts, jx, jt)]  # v[hi - 1] at column hi
+                steps = [torch.cat([v[:1], v[1:] - v[:-1]]) for v in (ts, jx, jt)]  # v[hi] - v[hi - 1]
+                tables = (ts, torch.stack([lows[0], steps[0], lows[1], lows[2], steps[1], steps[2]]))
             self._device_tables[device] = tables
         return tables
 

@@ -13,8 +13,7 @@ Arithmetic, the same for every user: ``residual = blocks_out - blocks_in`` on a 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -69,6 +68,7 @@ class BlockStack:
         self.head: Head | None = None  # set while a transformer call runs
         self.args = plumbing.Args(type(blocks[0]).forward, "hidden_states", "encoder_hidden_states")
         self.streams = ("hidden_states", "encoder_hidden_states") if carries_encoder else ("hidden_states",)
+        self.positions = [(name, self.args.positions[name]) for name in self.streams]
         self.forwards: list[Callable[..., Any]] = []  # the blocks' forwards below our hooks
 
     def attach(self) -> None:
@@ -83,25 +83,25 @@ class BlockStack:
             plumbing.remove_hook(block, self.hook_name)
         self.forwards = []
 
-    @contextlib.contextmanager
-    def running(self, head: Head) -> Iterator[None]:
+    def running(self, head: Head) -> _Running:
         """Within this block, the head block returns ``head.replace_stack(carried, args, kwargs)`` and the others
         pass their input through. ``head`` is a long-lived object, so that torch.compile guards stay the same."""
-        self.head = head
-        try:
-            yield
-        finally:
-            self.head = None
+        return _Running(self, head)
 
     def carried(self, args: tuple, kwargs: dict) -> Carried:
         """The streams the blocks carry, from the arguments of a block call."""
-        return tuple(self.args.get(args, kwargs, name) for name in self.streams)
+        get = self.args.get
+        return tuple([get(args, kwargs, name) for name in self.streams])
 
     def run(self, carried: Carried, args: tuple, kwargs: dict) -> Carried:
         """Every block on ``carried`` (each block takes the head block's other arguments)."""
+        args, kwargs = list(args), dict(kwargs)
+        slots = [(args, pos) if name not in kwargs and pos is not None and pos < len(args) else (kwargs, name)
+                 for name, pos in self.positions]  # where each stream goes in a block call
         for forward in self.forwards:
-            a, k = self.args.replace(args, kwargs, **dict(zip(self.streams, carried, strict=True)))
-            out = forward(*a, **k)
+            for (where, key), value in zip(slots, carried, strict=True):
+                where[key] = value
+            out = forward(*args, **kwargs)
             carried = tuple(out) if self.carries_encoder else (out,)
         return carried
 
@@ -129,6 +129,21 @@ class BlockStack:
         return carried if self.carries_encoder else carried[0]
 
 
+class _Running:
+    """The context manager of :meth:`BlockStack.running` (a plain class: it is entered twice per step)."""
+
+    __slots__ = ("head", "stack")
+
+    def __init__(self, stack: BlockStack, head: Head) -> None:
+        self.stack, self.head = stack, head
+
+    def __enter__(self) -> None:
+        self.stack.head = self.head
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.head = None
+
+
 class _BlockHook(ModelHook):
     """One block's hook: runs the block outside a cached call; within one, the head block stands for the whole
     stack and the others pass their input through."""
@@ -140,9 +155,8 @@ class _BlockHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         stack = self.stack
-        if stack.head is None:
+        head = stack.head
+        if head is None:
             return self.fn_ref.original_forward(*args, **kwargs)
         carried = stack.carried(args, kwargs)
-        if self.is_head:
-            carried = stack.head.replace_stack(carried, args, kwargs)
-        return stack.output(carried)
+        return stack.output(head.replace_stack(carried, args, kwargs) if self.is_head else carried)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from sencache_kernels.commit import commit
@@ -34,16 +36,22 @@ class DecisionState(torch.nn.Module):
         self.register_buffer("ticket", torch.zeros((), dtype=torch.int32, device=dev))
         # The one host read per eager step goes through a pinned buffer (a plain CPU tensor off CUDA).
         self._host_flag = torch.zeros((), dtype=torch.int32, pin_memory=dev.type == "cuda")
+        self._inputs: tuple[float, bool] | None = None  # the eps and force the buffers hold, where known
 
     def matches(self, x: torch.Tensor) -> bool:
         """Whether this state was allocated for a latent like ``x`` (shape, dtype, device)."""
-        r = self.x_ref
+        r = self._buffers["x_ref"]
         return r.shape == x.shape and r.dtype == x.dtype and r.device == x.device
 
     def set_inputs(self, eps: float, force: bool) -> None:
         """Set the step's tolerance and forcing (two device fills, no sync); ``step`` reads them from the buffers."""
         self.eps.fill_(eps)
         self.force.fill_(force)
+        self._inputs = (eps, force)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._inputs = None  # the loaded eps and force may differ from the last ones set
+        super()._load_from_state_dict(*args, **kwargs)
 
     def step(
         self, x: torch.Tensor, t: torch.Tensor, jx_now: torch.Tensor, jt_now: torch.Tensor, max_skips: int
@@ -58,13 +66,19 @@ class DecisionState(torch.nn.Module):
         self, x: torch.Tensor, t: torch.Tensor, jx_now: torch.Tensor, jt_now: torch.Tensor, eps: float,
         force: bool, max_skips: int,
     ) -> None:
-        """``set_inputs`` then ``step``: one eager decision with its state update; no host sync."""
-        self.set_inputs(eps, force)
-        self.step(x, t, jx_now, jt_now, max_skips)
+        """``set_inputs`` then ``step``: one eager decision with its state update; no host sync. The fills are left
+        out when ``eps`` and ``force`` are those of the last step (most steps: the host cost is per op)."""
+        if self._inputs != (eps, force):
+            self.set_inputs(eps, force)
+        b = self._buffers  # the buffers without nn.Module's attribute lookup (host cost per step)
+        decide(x, t, jx_now, jt_now, b["eps"], b["force"], b["x_ref"], b["t_ref"], b["jx_ref"], b["jt_ref"],
+               b["skips"], b["flag"], b["score"], b["ticket"], max_skips)
+        commit(b["flag"], x, None, b["x_ref"])
 
     def read_flag(self) -> int:
         """Read the decision flag on the host: the single synchronisation of an eager step."""
-        self._host_flag.copy_(self.flag, non_blocking=True)
-        if self.flag.device.type == "cuda":
-            torch.cuda.current_stream(self.flag.device).synchronize()
+        flag = self._buffers["flag"]
+        self._host_flag.copy_(flag, non_blocking=True)
+        if flag.device.type == "cuda":
+            torch.cuda.current_stream(flag.device).synchronize()
         return int(self._host_flag)
