@@ -9,6 +9,28 @@ from pathlib import Path
 import pytest
 import torch
 
+STEPS = 10  # denoising steps of the pipeline tests
+
+
+def run(pipe, arch, **kw):
+    """The frames of one call of a tiny pipeline (``STEPS`` steps unless given)."""
+    from sencache import offline_pipelines
+
+    kw.setdefault("num_inference_steps", STEPS)
+    return pipe(**offline_pipelines.call_kwargs(arch, pipe, **kw)).frames
+
+
+def flat_profile(pipe, jx=0.0, jt=1e-2, timesteps=None):
+    """A handcrafted profile: constant sensitivities over the whole timestep range."""
+    import sencache
+
+    ts = torch.linspace(1000, 0, 5) if timesteps is None else timesteps
+    return sencache.SensitivityProfile(
+        timesteps=ts, jx=torch.full_like(ts, jx), jt=torch.full_like(ts, jt),
+        metadata={"transformer_class": type(pipe.transformer).__name__},
+    )
+
+
 # Where the kernels under test run: natively on CUDA when present, else the CPU (Triton through the interpreter).
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

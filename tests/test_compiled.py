@@ -6,23 +6,10 @@ import torch
 import sencache
 from sencache import offline_pipelines as tiny
 from sencache.hooks import _hook
-from tests.helpers import requires_cuda
-from tests.test_integration import flat_profile, run
+from tests.helpers import flat_profile, requires_cuda, run
 
 ARCHS = tiny.ARCHITECTURES
 AOT = {"backend": "aot_eager"}  # the graphs without code generation: outputs bitwise equal to eager
-
-
-@pytest.fixture(scope="module")
-def pipes():
-    return {arch: tiny.build_pipeline(arch) for arch in ARCHS}
-
-
-@pytest.fixture(autouse=True)
-def _clean(pipes):
-    yield
-    for p in pipes.values():
-        sencache.remove_sencache(p)
 
 
 def eager_reference(pipe, arch, cfg):

@@ -1,13 +1,17 @@
 """sencache::set_conditional and sencache::capture_if (stem ``conditional``): their checks (the same in C++ and in the
 Python fallback), what they say off CUDA, their Meta kernels and fakes. Their CUDA behaviour inside captured graphs
-(the IF node running the body only on computed steps) is exercised by tests/test_graph.py and
-benchmarks/bench_conditional.py on a GPU."""
+(the IF node running the body only on computed steps) is tested at the end of this file and, inside SenCache's graph
+mode, by tests/test_graph.py; benchmarks/bench_conditional.py times it (all on a GPU)."""
 
 import pytest
 import torch
 
 import sencache_kernels as sk
+from sencache_kernels import COMPUTE
 from tests.helpers import assert_same_errors_as_fallback, run_without_extension
+
+requires_conditional_nodes = pytest.mark.skipif(not (torch.cuda.is_available() and sk.has_conditional_nodes()),
+                                                reason="needs a CUDA GPU and the extension built with CUDA")
 
 SCHEMAS = {
     "set_conditional": "set_conditional(Tensor flag, int handle) -> ()",
@@ -97,3 +101,54 @@ def test_has_conditional_nodes_follows_the_cuda_build():
 def test_conditional_opcheck_on_meta(op):
     """Off CUDA the kernels only raise, so opcheck runs the schema, fake and dispatch checks on a meta flag."""
     torch.library.opcheck(getattr(torch.ops.sencache, op).default, (flag("meta"), 5))
+
+
+# ----------------------------------------------------------------------------------------------------- GPU ---------
+
+
+def _capture_body(fn):
+    body = torch.cuda.CUDAGraph(keep_graph=True)
+    with torch.cuda.graph(body):
+        fn()
+    return body
+
+
+@requires_conditional_nodes
+def test_capture_if_runs_the_body_only_when_the_flag_says_compute():
+    acc = torch.zeros(1000, device="cuda")
+    flag = torch.zeros((), dtype=torch.int32, device="cuda")
+    body = _capture_body(lambda: acc.add_(1.0))
+    main = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(main):
+        handle = torch.ops.sencache.capture_if(flag, body.raw_cuda_graph())
+        acc.mul_(2.0)  # after the IF node: runs every replay, ordered after the body
+    assert handle != 0
+    expected = torch.zeros(1000, dtype=torch.float64, device="cuda")
+    for value in (COMPUTE, 0, 0, COMPUTE, COMPUTE, 0, COMPUTE):
+        flag.fill_(value)
+        main.replay()
+        expected = (expected + (1.0 if value else 0.0)) * 2.0
+    torch.cuda.synchronize()
+    assert torch.equal(acc.double(), expected)
+
+
+@requires_conditional_nodes
+def test_capture_if_rejects_a_body_with_event_nodes():
+    x = torch.zeros(8, device="cuda")
+
+    def body_fn():
+        x.add_(1.0)
+        torch.cuda.Event(external=True).record()  # an event-record node: not allowed in a conditional body
+
+    body = _capture_body(body_fn)
+    flag = torch.ones((), dtype=torch.int32, device="cuda")
+    with pytest.raises(RuntimeError, match="event record node"), torch.cuda.graph(torch.cuda.CUDAGraph()):
+        torch.ops.sencache.capture_if(flag, body.raw_cuda_graph())
+
+
+@requires_conditional_nodes
+def test_capture_if_outside_a_capture_says_what_to_do():
+    x = torch.zeros(8, device="cuda")
+    body = _capture_body(lambda: x.add_(1.0))
+    with pytest.raises(RuntimeError, match="not being captured.*torch.cuda.graph"):
+        torch.ops.sencache.capture_if(flag("cuda"), body.raw_cuda_graph())

@@ -13,23 +13,16 @@ import sencache
 from sencache import offline_pipelines as tiny
 from sencache.modes import graph as graph_mode
 from sencache_kernels import COMPUTE, DecisionState, has_conditional_nodes
-from tests.test_integration import flat_profile, run
+from tests.helpers import flat_profile, run
 
 requires_graph = pytest.mark.skipif(not (torch.cuda.is_available() and has_conditional_nodes()),
                                     reason="needs a CUDA GPU and the extension built with CUDA")
 SKIPPY = {"eps": 10.0, "eps_start": 10.0}  # skips as often as K allows: both branches of the IF node run
 
 
-@pytest.fixture(scope="module")
-def wan_cpu():
-    return tiny.build_pipeline("wan")
-
-
-@pytest.fixture(autouse=True)
-def _clean(request, wan_cpu):
-    yield
-    for pipe in [wan_cpu, *request.node.funcargs.get("gpu_pipes", {}).values()]:
-        sencache.remove_sencache(pipe)
+@pytest.fixture
+def wan_cpu(pipes):
+    return pipes["wan"]
 
 
 def eager_run(pipe, arch, cfg, **kw):
@@ -72,16 +65,6 @@ def test_modes_are_validated(wan_cpu):
         sencache.apply_sencache(wan_cpu, cfg, mode="graphs")
     with pytest.raises(ValueError, match="compile_options only apply"):
         sencache.apply_sencache(wan_cpu, cfg, mode="graph", compile_options={"backend": "aot_eager"})
-
-
-def test_capture_if_checks_its_arguments_and_says_what_to_do():
-    flag = torch.ones((), dtype=torch.int32)
-    with pytest.raises(ValueError, match="one-element torch.int32"):
-        torch.ops.sencache.capture_if(torch.ones(2, dtype=torch.int32), 1)
-    with pytest.raises(ValueError, match="body_graph is 0"):
-        torch.ops.sencache.capture_if(flag, 0)
-    with pytest.raises((ValueError, RuntimeError), match="CUDA"):
-        torch.ops.sencache.capture_if(flag, 1)  # a CPU flag never reaches a graph
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
@@ -139,14 +122,9 @@ def replaying(monkeypatch):
     return captures
 
 
-@pytest.fixture(scope="module")
-def cpu_pipes():
-    return {arch: tiny.build_pipeline(arch) for arch in tiny.ARCHITECTURES}
-
-
 @pytest.mark.parametrize("arch", tiny.ARCHITECTURES)
-def test_graph_mode_logic_equals_eager_with_replaying_stand_ins(arch, cpu_pipes, replaying):
-    pipe = cpu_pipes[arch]
+def test_graph_mode_logic_equals_eager_with_replaying_stand_ins(arch, pipes, replaying):
+    pipe = pipes[arch]
     cfg = sencache.SenCacheConfig(profile=flat_profile(pipe), **SKIPPY)
     try:
         want, want_stats = eager_run(pipe, arch, cfg)
@@ -170,8 +148,8 @@ def test_graph_mode_logic_equals_eager_with_replaying_stand_ins(arch, cpu_pipes,
         sencache.remove_sencache(pipe)
 
 
-def test_graph_mode_captures_each_resolution_once_and_keeps_it(cpu_pipes, replaying):
-    pipe = cpu_pipes["wan"]
+def test_graph_mode_captures_each_resolution_once_and_keeps_it(pipes, replaying):
+    pipe = pipes["wan"]
     cfg = sencache.SenCacheConfig(profile=flat_profile(pipe), **SKIPPY)
     sizes = ({}, {"height": 48, "width": 32})
     try:
@@ -188,52 +166,20 @@ def test_graph_mode_captures_each_resolution_once_and_keeps_it(cpu_pipes, replay
 # ----------------------------------------------------------------------------------------------------- GPU ---------
 
 
-def _capture_body(fn):
-    body = torch.cuda.CUDAGraph(keep_graph=True)
-    with torch.cuda.graph(body):
-        fn()
-    return body
-
-
-@requires_graph
-def test_capture_if_runs_the_body_only_when_the_flag_says_compute():
-    acc = torch.zeros(1000, device="cuda")
-    flag = torch.zeros((), dtype=torch.int32, device="cuda")
-    body = _capture_body(lambda: acc.add_(1.0))
-    main = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(main):
-        handle = torch.ops.sencache.capture_if(flag, body.raw_cuda_graph())
-        acc.mul_(2.0)  # after the IF node: runs every replay, ordered after the body
-    assert handle != 0
-    expected = torch.zeros(1000, dtype=torch.float64, device="cuda")
-    for value in (COMPUTE, 0, 0, COMPUTE, COMPUTE, 0, COMPUTE):
-        flag.fill_(value)
-        main.replay()
-        expected = (expected + (1.0 if value else 0.0)) * 2.0
-    torch.cuda.synchronize()
-    assert torch.equal(acc.double(), expected)
-
-
-@requires_graph
-def test_capture_if_rejects_a_body_with_event_nodes():
-    x = torch.zeros(8, device="cuda")
-
-    def body_fn():
-        x.add_(1.0)
-        torch.cuda.Event(external=True).record()  # an event-record node: not allowed in a conditional body
-
-    body = _capture_body(body_fn)
-    flag = torch.ones((), dtype=torch.int32, device="cuda")
-    with pytest.raises(RuntimeError, match="event record node"), torch.cuda.graph(torch.cuda.CUDAGraph()):
-        torch.ops.sencache.capture_if(flag, body.raw_cuda_graph())
-
-
 @pytest.fixture(scope="module")
-def gpu_pipes():
+def gpu_session_pipes():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     return {(arch, dtype): tiny.build_pipeline(arch, dtype=dtype).to("cuda")
             for arch in tiny.ARCHITECTURES for dtype in (torch.float32, torch.bfloat16)}
+
+
+@pytest.fixture
+def gpu_pipes(gpu_session_pipes):
+    """The module's GPU pipelines, with SenCache removed after each test (also on failure or interrupt)."""
+    yield gpu_session_pipes
+    for pipe in gpu_session_pipes.values():
+        sencache.remove_sencache(pipe)
 
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}

@@ -9,40 +9,14 @@ import torch
 import sencache
 from sencache import offline_pipelines as tiny
 from sencache.adapters import get_adapter
+from tests.helpers import STEPS, flat_profile, run
 
 ARCHS = tiny.ARCHITECTURES
-STEPS = 10
-
-
-def run(pipe, arch, **kw):
-    kw.setdefault("num_inference_steps", STEPS)
-    return pipe(**tiny.call_kwargs(arch, pipe, **kw)).frames
-
-
-def flat_profile(pipe, jx=0.0, jt=1e-2, timesteps=None):
-    """A handcrafted profile: constant sensitivities over the whole timestep range."""
-    ts = torch.linspace(1000, 0, 5) if timesteps is None else timesteps
-    return sencache.SensitivityProfile(
-        timesteps=ts, jx=torch.full_like(ts, jx), jt=torch.full_like(ts, jt),
-        metadata={"transformer_class": type(pipe.transformer).__name__},
-    )
 
 
 @pytest.fixture(scope="module")
-def pipes():
-    return {arch: tiny.build_pipeline(arch) for arch in ARCHS}
-
-
-@pytest.fixture(scope="module")
-def uncached(pipes):
-    return {arch: run(pipes[arch], arch) for arch in ARCHS}
-
-
-@pytest.fixture(autouse=True)
-def _clean(pipes):
-    yield
-    for p in pipes.values():
-        sencache.remove_sencache(p)
+def uncached(session_pipes):
+    return {arch: run(session_pipes[arch], arch) for arch in ARCHS}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
