@@ -22,7 +22,7 @@ endif
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-$(VENV)/.ext: $(VENV)/.deps setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
+$(VENV)/.ext: $(VENV)/.deps setup.py pyproject.toml sencache_kernels/ops.def $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 

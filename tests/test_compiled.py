@@ -9,6 +9,7 @@ from sencache.hooks import _hook
 from tests.helpers import flat_profile, requires_cuda, run
 
 ARCHS = tiny.ARCHITECTURES
+pytestmark = pytest.mark.slow  # torch.compile: seconds per test
 AOT = {"backend": "aot_eager"}  # the graphs without code generation: outputs bitwise equal to eager
 
 

@@ -49,6 +49,7 @@ def _headers() -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_nvcc() is None, reason="needs nvcc (CUDA_HOME or PATH)")
 @pytest.mark.parametrize("source", CU_SOURCES, ids=[p.name for p in CU_SOURCES])
 def test_cuda_source_compiles_for_hopper(source, tmp_path):

@@ -1,3 +1,4 @@
+import pytest
 from PIL import Image
 
 from sencache.demo import run_demo
@@ -21,6 +22,7 @@ def test_psnr():
     assert abs(psnr(a, a + 0.1) - 20.0) < 1e-6
 
 
+@pytest.mark.slow
 def test_demo_on_the_reference_model(tmp_path, capsys):
     res = run_demo("reference", steps=8, eps=0.5, out_dir=str(tmp_path), prompt="green square up-down")
     out = capsys.readouterr().out

@@ -58,6 +58,7 @@ def test_generate_counts_block_stack_evaluations(pipe):
                                   Pair("green circle grow", 102)]
 
 
+@pytest.mark.slow
 def test_teacache(pipe):
     from sencache.teacache import TeaCacheConfig, apply_teacache, fit_coefficients, remove_teacache
 
@@ -129,6 +130,7 @@ def test_method_table(pipe):
     assert torch.equal(generate(pipe, Pair("red circle grow", 1), steps=4).video, ref.video)  # removed on exit
 
 
+@pytest.mark.slow
 def test_quality_harness_smoke(tmp_path):
     argv = ["--steps", "6", "--budgets", "0.5", "--eval-pairs", "2", "--tune-pairs", "1", "--calib-pairs", "1",
             "--search-iters", "2", "--device", "cpu", "--out", str(tmp_path)]

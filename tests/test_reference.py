@@ -22,6 +22,7 @@ def test_clips_are_deterministic_functions_of_seed_and_index():
     assert clips.min() >= -1 and clips.max() <= 1
 
 
+@pytest.mark.slow
 def test_prefetched_batches_equal_the_in_loop_ones():
     from sencache.reference.train import _batches
 
@@ -116,6 +117,7 @@ def test_pipeline_rejects_bad_input():
         load_reference_pipeline("/nonexistent/checkpoint")
 
 
+@pytest.mark.slow
 def test_training_script_smoke(tmp_path):
     from PIL import Image
 
