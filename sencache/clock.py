@@ -30,14 +30,39 @@ class Step:
 
     index: int
     t: torch.Tensor  # the timestep per sample, float32 [B] on the latent's device
+    jx: torch.Tensor  # Jx(t) and Jt(t) of the profile, float32 [B]
+    jt: torch.Tensor
     eps: float
     forced: bool
     state: DecisionState
     threshold: float  # eps * sqrt(elements per sample), as the decision compares the scores with it
 
-    def lookup(self, config: SenCacheConfig) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(Jx(t), Jt(t))`` of the profile, on the device."""
-        return config.profile.lookup(self.t, config.interpolation)
+
+class _Schedule:
+    """The per-sample timestep and its ``(Jx, Jt)`` for every entry of the scheduler's ``timesteps``, made once per
+    pipeline call. A transformer call whose timestep is a view of one entry (the pipelines pass
+    ``timesteps[i].expand(B)``) takes that entry's row instead of a profile lookup, a handful of small ops per step.
+    The rows equal the lookup's results exactly: the lookup is elementwise, and the row is read from the same memory
+    (the tensor's version counter tells an in-place change)."""
+
+    def __init__(self, timesteps: torch.Tensor, b: int, config: SenCacheConfig) -> None:
+        self.timesteps, self.version, self.b = timesteps, timesteps._version, b
+        tf = timesteps.to(torch.float32)
+        jx, jt = config.profile.lookup(tf, config.interpolation)
+        table = torch.stack([tf, jx, jt]).unsqueeze(-1).expand(3, len(tf), b).contiguous()
+        self.rows = [tuple(table[:, k].unbind(0)) for k in range(len(tf))]
+        self.base, self.step = timesteps.data_ptr(), timesteps.stride(0) * timesteps.element_size()
+
+    def row(self, t: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """``(t, Jx, Jt)`` per sample when ``t`` is a view of one entry, else None."""
+        ts = self.timesteps
+        if (not isinstance(t, torch.Tensor) or t.device != x.device or t.dtype != ts.dtype
+                or ts._version != self.version or x.shape[0] != self.b):
+            return None
+        if t.numel() != 1 and (t.shape[0] != self.b or any(t.stride())):  # not one entry broadcast per sample
+            return None
+        k, r = divmod(t.data_ptr() - self.base, self.step)  # the memory is ts's own while ts lives
+        return self.rows[k] if r == 0 and 0 <= k < len(self.rows) else None
 
 
 class StepClock:
@@ -71,6 +96,7 @@ class StepClock:
         self.flag: torch.Tensor | None = None  # a copy of the last decision flag, where it stays on the device
         self.warned_nonfinite = False
         self.recorder: StatsRecorder | None = None
+        self.schedule: _Schedule | None = None
 
     def leads(self, name: str) -> bool:
         """Whether a call of context ``name`` is a new step (the leading context, or the first call after a reset)."""
@@ -78,7 +104,8 @@ class StepClock:
 
     def tick(self, name: str, x: torch.Tensor, t: Any, step_index: int | None, ctx_steps: int | None) -> Step:
         """Start the step of the leading context's call with latent ``x`` at timestep ``t``."""
-        tb = per_sample_timestep(t, x)  # validates before any state changes
+        row = self.schedule.row(t, x) if self.schedule is not None else None
+        tb = per_sample_timestep(t, x) if row is None else row[0]  # validates before any state changes
         num_steps = self._num_steps(ctx_steps)
         timesteps_obj = getattr(self.scheduler, "timesteps", None)
         signature = (tuple(x.shape), x.dtype, x.device, num_steps)
@@ -89,9 +116,14 @@ class StepClock:
         self.step = self.step + 1 if step_index is None else int(step_index)
         if self.state is None or not self.state.matches(x):
             self.state = self._state_for(x)
-        eps = self.config.tolerance(self.step, num_steps)
+        if row is None and self.schedule is None and isinstance(self.timesteps_obj, torch.Tensor):
+            self.schedule = _Schedule(self.timesteps_obj, x.shape[0], self.config)  # once per call
+            row = self.schedule.row(t, x)
+        cfg = self.config
+        jx, jt = cfg.profile.lookup(tb, cfg.interpolation) if row is None else row[1:]
+        eps = cfg.tolerance(self.step, num_steps)
         forced = self.step < self.force_first or self.step >= num_steps - self.force_last
-        return Step(self.step, tb, eps, forced, self.state, eps * self.root_n)
+        return Step(self.step, tb, jx, jt, eps, forced, self.state, eps * self.root_n)
 
     def _start_call(self, leader: str, signature: tuple, num_steps: int, timesteps_obj: Any) -> None:
         self.reset()

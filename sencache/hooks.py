@@ -73,21 +73,20 @@ class SenCacheHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         ctx = plumbing.current_context(self.state_manager)
-        if ctx is not None:
-            return self._forward(*ctx, args, kwargs)
-        plumbing.set_context(self.state_manager, "default")  # called outside cache_context: one implicit context
-        try:
-            return self._forward("default", None, None, args, kwargs)
-        finally:
-            plumbing.set_context(self.state_manager, None)
-
-    def _forward(self, name: str, step_index: int | None, ctx_steps: int | None, args: tuple, kwargs: dict) -> Any:
-        x = self.latent(args, kwargs)
+        if ctx is None:  # called outside cache_context: one implicit context
+            plumbing.set_context(self.state_manager, "default")
+            try:
+                return self.new_forward(module, *args, **kwargs)
+            finally:
+                plumbing.set_context(self.state_manager, None)
+        name, step_index, ctx_steps = ctx
+        x = self.args.get(args, kwargs, self.adapter.latent_arg)
         t = self.args.get(args, kwargs, self.adapter.timestep_arg)
         if not isinstance(x, torch.Tensor) or t is None:
             raise ValueError(f"SenCache: the transformer was called without `{self.adapter.latent_arg}` or "
                              f"`{self.adapter.timestep_arg}`")
-        step = self.clock.tick(name, x, t, step_index, ctx_steps) if self.clock.leads(name) else None
+        clock = self.clock
+        step = clock.tick(name, x, t, step_index, ctx_steps) if clock.leads(name) else None
         if self.chain is None:
             self.chain = build_chain(self, self.requested_mode, x, self.compile_options)
         ctx = self.contexts.get(name)

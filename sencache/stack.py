@@ -40,10 +40,17 @@ class Residual:
 
     def valid(self, call: int, carried: Carried | None = None) -> bool:
         """Whether it holds a residual of pipeline call ``call`` (and of the shapes and dtypes of ``carried``)."""
-        if self.tensors is None or self.call != call:
+        tensors = self.tensors
+        if tensors is None or self.call != call:
             return False
-        return carried is None or (len(self.tensors) == len(carried) and all(
-            r.shape == c.shape and r.dtype == c.dtype for r, c in zip(self.tensors, carried, strict=True)))
+        if carried is None:
+            return True
+        if len(tensors) != len(carried):
+            return False
+        for r, c in zip(tensors, carried, strict=True):  # a plain loop: this runs on every call of a step
+            if r.shape != c.shape or r.dtype != c.dtype:
+                return False
+        return True
 
     def set(self, tensors: Carried, call: int) -> None:
         self.tensors, self.call = tensors, call
@@ -108,7 +115,7 @@ class BlockStack:
     @staticmethod
     def residual(out: Carried, carried: Carried) -> Carried:
         """``blocks_out - blocks_in``, per stream."""
-        return tuple(o - c for o, c in zip(out, carried, strict=True))
+        return tuple([o - c for o, c in zip(out, carried, strict=True)])
 
     @staticmethod
     def store_residual(out: Carried, carried: Carried, dst: Carried, flag: torch.Tensor | None = None) -> None:
@@ -122,7 +129,7 @@ class BlockStack:
     @staticmethod
     def skip(carried: Carried, residual: Carried) -> Carried:
         """``blocks_in + residual``, per stream: the stack's output on a skipped step."""
-        return tuple(c + r for c, r in zip(carried, residual, strict=True))
+        return tuple([c + r for c, r in zip(carried, residual, strict=True)])
 
     def output(self, carried: Carried) -> Any:
         """What a block returns for the carried streams."""

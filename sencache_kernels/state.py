@@ -78,7 +78,8 @@ class DecisionState(torch.nn.Module):
     def read_flag(self) -> int:
         """Read the decision flag on the host: the single synchronisation of an eager step."""
         flag = self._buffers["flag"]
+        if flag.device.type != "cuda":
+            return int(flag)
         self._host_flag.copy_(flag, non_blocking=True)
-        if flag.device.type == "cuda":
-            torch.cuda.current_stream(flag.device).synchronize()
+        torch.cuda.current_stream(flag.device).synchronize()
         return int(self._host_flag)

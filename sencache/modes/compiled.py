@@ -49,7 +49,7 @@ class CompiledExecutor(Executor):
         decide_inputs = None
         if step is not None:
             step.state.set_inputs(step.eps, step.forced)
-            decide_inputs = (step.t, *step.lookup(self.hook.config))
+            decide_inputs = (step.t, step.jx, step.jt)
         # No residual of this call yet: the stack runs without a cond, and its residual is adopted afterwards.
         self.residual, self.must_compute = ctx.residual, not ctx.residual.valid(clock.call)
         first = clock.signature not in self.compiled

@@ -17,8 +17,7 @@ class EagerExecutor(Executor):
     def __call__(self, ctx: Context, step: Any, args: tuple, kwargs: dict) -> Any:
         hook, clock = self.hook, self.hook.clock
         if step is not None:
-            jx_now, jt_now = step.lookup(hook.config)
-            step.state.decide(hook.latent(args, kwargs), step.t, jx_now, jt_now, step.eps, step.forced,
+            step.state.decide(hook.latent(args, kwargs), step.t, step.jx, step.jt, step.eps, step.forced,
                               hook.config.max_consecutive_skips)
             flag = step.state.read_flag()  # the one host read of an eager step
             if flag & NONFINITE and not clock.warned_nonfinite:

@@ -60,7 +60,7 @@ class GraphExecutor(Executor):
         decide_inputs = None
         if step is not None:
             step.state.set_inputs(step.eps, step.forced)
-            decide_inputs = (step.t, *step.lookup(self.hook.config))
+            decide_inputs = (step.t, step.jx, step.jt)
         key, leaves = signature_key((decide_inputs, args, kwargs))
         cap = ctx.captures.get(key)
         if cap is None or cap.state is not clock.state:
