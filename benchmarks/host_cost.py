@@ -254,7 +254,10 @@ def ratio_of_medians(num: list[float], den: list[float], resamples: int = 2000, 
             "ci95": [quantile(boot, 0.025), quantile(boot, 0.975)] if boot else None, "resamples": len(boot)}
 
 
-def measure(rounds: int, steps: int, warmup: int = 3, layers: int = 2,
+GRAD_MODES = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+
+
+def measure(rounds: int, steps: int, warmup: int = 3, layers: int = 2, grad_mode: str = "no_grad",
             methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
     """Interleaved rounds: per round, one call of every method (order rotated by one each round).
 
@@ -268,7 +271,7 @@ def measure(rounds: int, steps: int, warmup: int = 3, layers: int = 2,
     kwargs = call_kwargs("wan", built[BASELINE][0], num_inference_steps=steps, output_type="latent", **GEOMETRY)
     raw: dict[str, dict[str, list]] = {m: {} for m in methods}
     order_log = []
-    with torch.inference_mode():
+    with GRAD_MODES[grad_mode]():
         for r in range(-warmup, rounds):
             k = r % len(methods)
             order = methods[k:] + methods[:k]
@@ -506,8 +509,9 @@ def markdown_table(record: dict[str, Any]) -> str:
     SenCache / FirstBlockCache comparison, the isolated pieces and the profile when the record has them."""
     s = record["settings"]
     lines = [f"Host cost per denoising step, tiny Wan ({s['layers']} blocks, {s['tokens']} token, CFG: 2 transformer "
-             f"calls per step), {s['rounds']} interleaved rounds of {s['steps']} steps, {record['cpu']} "
-             f"({record['torch_threads']} torch thread), torch {record['versions']['torch']}, diffusers "
+             f"calls per step, {s.get('grad_mode', 'inference_mode')}), {s['rounds']} interleaved rounds of "
+             f"{s['steps']} steps, {record['cpu']} ({record['torch_threads']} torch thread), "
+             f"torch {record['versions']['torch']}, diffusers "
              f"{record['versions']['diffusers']}, {record['date']}, `{record['command']}`"
              + (f" ({record['label']})" if record.get("label") and record["label"] not in record["command"]
                 else "") + ".", "",
@@ -583,7 +587,7 @@ def _load() -> list[float] | None:
 
 def run(out: Path, rounds: int, steps: int, warmup: int = 3, layers: int = 2, threads: int = 1,
         profile_calls: int = 0, command: str | None = None, label: str = "",
-        component_calls: int = 2000) -> dict[str, Any]:
+        component_calls: int = 2000, grad_mode: str = "no_grad") -> dict[str, Any]:
     """Measure, summarise, and write ``out`` (JSON) and ``out.with_suffix('.md')``; returns the record.
 
     Args:
@@ -595,20 +599,23 @@ def run(out: Path, rounds: int, steps: int, warmup: int = 3, layers: int = 2, th
         profile_calls: pipeline calls to cProfile per method, and time SenCache's pieces (0: neither).
         command: the command line to store; label: free text to store.
         component_calls: calls per timing of each isolated piece.
+        grad_mode: ``"no_grad"`` (what the pipelines' ``__call__`` sets itself) or ``"inference_mode"`` around the
+            calls. SenCache's step clock reads a step's Jx, Jt from a per-call table only outside inference mode
+            (inference tensors have no version counter), so the two differ for SenCache.
     """
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(out, rounds, steps, warmup, layers, profile_calls, command, label, component_calls)
+        return _run(out, rounds, steps, warmup, layers, profile_calls, command, label, component_calls, grad_mode)
     finally:
         torch.set_num_threads(saved_threads)
 
 
 def _run(out: Path, rounds: int, steps: int, warmup: int, layers: int, profile_calls: int, command: str | None,
-         label: str, component_calls: int) -> dict[str, Any]:
+         label: str, component_calls: int, grad_mode: str) -> dict[str, Any]:
     started = time.time()
     load_before = _load()
-    measured = measure(rounds, steps, warmup, layers)
+    measured = measure(rounds, steps, warmup, layers, grad_mode)
     record: dict[str, Any] = {
         "benchmark": "host cost per denoising step",
         "cpu": cpu_name(), "device": "cpu", "cpu_count": os.cpu_count(),
@@ -621,6 +628,7 @@ def _run(out: Path, rounds: int, steps: int, warmup: int, layers: int, profile_c
         "load_average": {"before": load_before, "after_rounds": _load()},
         "settings": {"rounds": rounds, "warmup_rounds": warmup, "steps": steps, "layers": layers, "cfg": True,
                      "transformer_calls_per_step": 2, "tokens": 1, "geometry": GEOMETRY,
+                     "grad_mode": grad_mode,
                      "latent": [1, 16, 1, 2, 2], "dtype": "float32",
                      "sencache": "eager, eps=0, eps_start=0, flat profile",
                      "first_block_cache": "threshold=0", "mag_cache": f"threshold=0, mag_ratios=[2.0]*{steps}",
@@ -657,6 +665,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only rewrite the markdown table next to this record from it (no measurement)")
     parser.add_argument("--label", default="", help="free text stored in the record (e.g. which code this measures)")
+    parser.add_argument("--grad-mode", choices=list(GRAD_MODES), default="no_grad",
+                        help="around the calls: no_grad (the pipelines' own) or inference_mode")
     args = parser.parse_args(argv)
     if args.render is not None:
         record = json.loads(args.render.read_text())
@@ -669,7 +679,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--steps must be >= 2")
     command = "python benchmarks/host_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)
     record = run(args.out, args.rounds, args.steps, args.warmup, args.layers, args.threads, args.profile,
-                 command.strip(), args.label)
+                 command.strip(), args.label, grad_mode=args.grad_mode)
     print(markdown_table(record))
     return record
 

@@ -43,7 +43,8 @@ class _Schedule:
     pipeline call. A transformer call whose timestep is a view of one entry (the pipelines pass
     ``timesteps[i].expand(B)``) takes that entry's row instead of a profile lookup, a handful of small ops per step.
     The rows equal the lookup's results exactly: the lookup is elementwise, and the row is read from the same memory
-    (the tensor's version counter tells an in-place change)."""
+    (the tensor's version counter tells an in-place change; inference tensors have none, so under
+    ``torch.inference_mode`` every step looks its values up)."""
 
     def __init__(self, timesteps: torch.Tensor, b: int, config: SenCacheConfig) -> None:
         self.timesteps, self.version, self.b = timesteps, timesteps._version, b
@@ -116,7 +117,8 @@ class StepClock:
         self.step = self.step + 1 if step_index is None else int(step_index)
         if self.state is None or not self.state.matches(x):
             self.state = self._state_for(x)
-        if row is None and self.schedule is None and isinstance(self.timesteps_obj, torch.Tensor):
+        ts = self.timesteps_obj
+        if row is None and self.schedule is None and isinstance(ts, torch.Tensor) and not ts.is_inference():
             self.schedule = _Schedule(self.timesteps_obj, x.shape[0], self.config)  # once per call
             row = self.schedule.row(t, x)
         cfg = self.config

@@ -68,3 +68,15 @@ def test_a_row_is_taken_only_for_a_view_of_one_entry():
     assert schedule.row(4.0, x) is None
     ts.mul_(0.5)  # an in-place change of the schedule invalidates its rows
     assert schedule.row(ts[4].expand(2), x) is None
+
+
+def test_inference_tensors_are_looked_up(pipes):
+    """Under torch.inference_mode the schedule has no version counter: no table, the same decisions."""
+    pipe = pipes["wan"]
+    sencache.apply_sencache(pipe, sencache.SenCacheConfig(profile=sloped_profile(pipe), eps=0.3, eps_start=0.05))
+    want = run(pipe, "wan")
+    stats = sencache.get_stats(pipe)
+    with torch.inference_mode():
+        got = run(pipe, "wan")
+    assert torch.equal(got, want)
+    assert sencache.get_stats(pipe).computed == stats.computed
