@@ -62,6 +62,22 @@ class Executor:
     def end_call(self, contexts: dict[str, Context]) -> None:
         """The pipeline call ended (memory that is not reused may go)."""
 
+    @staticmethod
+    def device_inputs(step: Step | None) -> tuple | None:
+        """The decision's inputs in the device modes: the step's tolerance and forcing go into the state's buffers
+        (two fills, no sync) and ``(t, Jx, Jt)`` become arguments of ``device_step``. None for a following context."""
+        if step is None:
+            return None
+        step.state.set_inputs(step.eps, step.forced)
+        return step.t, step.jx, step.jt
+
+    def record_on_device(self, step: Step | None, must_compute: bool) -> None:
+        """The statistics of a call whose decision stayed on the device (a snapshot of the flag, read later)."""
+        clock = self.hook.clock
+        if step is not None:
+            clock.record(step, step.state.flag)
+        clock.count_stack_call(True if must_compute else clock.flag)
+
     def device_step(self, decide_inputs: tuple | None, args: tuple, kwargs: dict, state: Any = None) -> Any:
         """The step of the compiled and graph modes: the decision and reference update of ``state`` (default: the
         clock's; leading context only), then the transformer's forward."""

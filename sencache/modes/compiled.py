@@ -46,10 +46,7 @@ class CompiledExecutor(Executor):
 
     def __call__(self, ctx: Context, step: Any, args: tuple, kwargs: dict) -> Any:
         clock = self.hook.clock
-        decide_inputs = None
-        if step is not None:
-            step.state.set_inputs(step.eps, step.forced)
-            decide_inputs = (step.t, step.jx, step.jt)
+        decide_inputs = self.device_inputs(step)
         # No residual of this call yet: the stack runs without a cond, and its residual is adopted afterwards.
         self.residual, self.must_compute = ctx.residual, not ctx.residual.valid(clock.call)
         first = clock.signature not in self.compiled
@@ -66,9 +63,7 @@ class CompiledExecutor(Executor):
         if self.pending is not None:
             self._adopt(ctx.residual)
         ctx.residual.call = clock.call
-        if step is not None:
-            clock.record(step, step.state.flag)
-        clock.count_stack_call(True if self.must_compute else clock.flag)
+        self.record_on_device(step, self.must_compute)
         return out
 
     def compiled_step(self, signature: tuple) -> Any:

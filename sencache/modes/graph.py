@@ -57,10 +57,7 @@ class GraphExecutor(Executor):
 
     def __call__(self, ctx: Context, step: Any, args: tuple, kwargs: dict) -> Any:
         clock = self.hook.clock
-        decide_inputs = None
-        if step is not None:
-            step.state.set_inputs(step.eps, step.forced)
-            decide_inputs = (step.t, step.jx, step.jt)
+        decide_inputs = self.device_inputs(step)
         key, leaves = signature_key((decide_inputs, args, kwargs))
         cap = ctx.captures.get(key)
         if cap is None or cap.state is not clock.state:
@@ -70,9 +67,7 @@ class GraphExecutor(Executor):
         must_compute = not cap.body.residual.valid(clock.call)
         out = replay(cap, leaves, must_compute)
         cap.body.residual.call = clock.call
-        if step is not None:
-            clock.record(step, step.state.flag)
-        clock.count_stack_call(True if must_compute else clock.flag)
+        self.record_on_device(step, must_compute)
         return out
 
     def _capture(self, decide_inputs: tuple | None, args: tuple, kwargs: dict) -> CapturedCall:
