@@ -96,9 +96,10 @@ class BlockStack:
         return _Running(self, head)
 
     def carried(self, args: tuple, kwargs: dict) -> Carried:
-        """The streams the blocks carry, from the arguments of a block call."""
-        get = self.args.get
-        return tuple([get(args, kwargs, name) for name in self.streams])
+        """The streams the blocks carry, from the arguments of a block call (``Args.get``, inlined: every block of
+        every call asks)."""
+        return tuple([kwargs[name] if name in kwargs else args[pos] if pos is not None and pos < len(args) else None
+                      for name, pos in self.positions])
 
     def run(self, carried: Carried, args: tuple, kwargs: dict) -> Carried:
         """Every block on ``carried`` (each block takes the head block's other arguments)."""
@@ -166,4 +167,6 @@ class _BlockHook(ModelHook):
         if head is None:
             return self.fn_ref.original_forward(*args, **kwargs)
         carried = stack.carried(args, kwargs)
-        return stack.output(head.replace_stack(carried, args, kwargs) if self.is_head else carried)
+        if self.is_head:
+            carried = head.replace_stack(carried, args, kwargs)
+        return carried if stack.carries_encoder else carried[0]  # stack.output, inlined

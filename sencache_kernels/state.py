@@ -70,10 +70,11 @@ class DecisionState(torch.nn.Module):
         out when ``eps`` and ``force`` are those of the last step (most steps: the host cost is per op)."""
         if self._inputs != (eps, force):
             self.set_inputs(eps, force)
-        b = self._buffers  # the buffers without nn.Module's attribute lookup (host cost per step)
-        decide(x, t, jx_now, jt_now, b["eps"], b["force"], b["x_ref"], b["t_ref"], b["jx_ref"], b["jt_ref"],
-               b["skips"], b["flag"], b["score"], b["ticket"], max_skips)
-        commit(b["flag"], x, None, b["x_ref"])
+        b = self._buffers  # the buffers and ops without nn.Module's attribute lookup or wrappers (host cost per step)
+        ops = torch.ops.sencache
+        ops.decide(x, t, jx_now, jt_now, b["eps"], b["force"], b["x_ref"], b["t_ref"], b["jx_ref"], b["jt_ref"],
+                   b["skips"], b["flag"], b["score"], b["ticket"], max_skips)
+        ops.commit(b["flag"], x, None, b["x_ref"])
 
     def read_flag(self) -> int:
         """Read the decision flag on the host: the single synchronisation of an eager step."""

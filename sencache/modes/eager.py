@@ -27,8 +27,12 @@ class EagerExecutor(Executor):
             clock.compute = bool(flag & COMPUTE)
             clock.record(step, clock.compute)
         self._residual = ctx.residual
-        with hook.stack.running(self):
+        stack = hook.stack
+        stack.head = self  # stack.running(self), without a context manager's two calls
+        try:
             return hook.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            stack.head = None
 
     def replace_stack(self, carried: Carried, args: tuple, kwargs: dict) -> Carried:
         clock, stack, residual = self.hook.clock, self.hook.stack, self._residual
