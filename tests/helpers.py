@@ -58,6 +58,15 @@ def make_args(x, gen, eps=0.05, force=False, max_skips=2):
     )
 
 
+# The state arguments of ``sencache::decide``: the tensors a decision updates or reads back (compared bit for bit).
+DECIDE_STATE = ("x_ref", "t_ref", "jx_ref", "jt_ref", "skips", "flag", "score", "ticket")
+
+
+def clone_args(args):
+    """A copy of an argument dict in which every tensor is cloned (other values shared)."""
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
 def error_of(op, args):
     """``"ValueError: message"`` raised by ``torch.ops.sencache.<op>(*args)``, or ``""`` when it returns."""
     try:

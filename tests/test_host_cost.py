@@ -1,6 +1,6 @@
-"""benchmarks/host_cost.py at a few rounds of a few steps: the record's structure, that every method computed every
-step, that the paired overheads are taken against the uncached call of the same round, and that a cache which does
-skip is caught. Timings themselves are not checked (the CPU is shared)."""
+"""benchmarks/host_cost.py and its host_cost_*.py modules at a few rounds of a few steps: the record's structure,
+that every method computed every step, that the paired overheads are taken against the uncached call of the same
+round, and that a cache which does skip is caught. Timings themselves are not checked (the CPU is shared)."""
 
 import json
 import math
@@ -17,6 +17,8 @@ from sencache.offline_pipelines import build_pipeline, call_kwargs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import host_cost  # noqa: E402
+import host_cost_measure  # noqa: E402
+import host_cost_report  # noqa: E402
 
 ROUNDS, STEPS = 3, 4
 
@@ -41,24 +43,24 @@ def test_record_describes_the_run(measured):
     assert record["cpu"] and record["date"]
     s = record["settings"]
     assert (s["rounds"], s["steps"], s["warmup_rounds"], s["transformer_calls_per_step"]) == (ROUNDS, STEPS, 1, 2)
-    assert record["methods"] == list(host_cost.METHODS) and record["baseline"] == "uncached"
+    assert record["methods"] == list(host_cost_measure.METHODS) and record["baseline"] == "uncached"
 
 
 def test_rounds_interleave_every_method_in_rotated_order(measured):
     _, record = measured
     order = record["order"]
     assert len(order) == ROUNDS
-    assert all(sorted(o) == sorted(host_cost.METHODS) for o in order)
+    assert all(sorted(o) == sorted(host_cost_measure.METHODS) for o in order)
     assert len({o[0] for o in order}) == ROUNDS  # a different method opens each round
-    for method in host_cost.METHODS:
+    for method in host_cost_measure.METHODS:
         raw = record["raw"][method]
-        for key in host_cost.FIGURES:
+        for key in host_cost_measure.FIGURES:
             assert len(raw[key]) == ROUNDS and all(math.isfinite(v) and v > 0 for v in raw[key]), (method, key)
 
 
 def test_every_method_ran_every_step_of_both_cfg_branches(measured):
     _, record = measured
-    for method in host_cost.METHODS:
+    for method in host_cost_measure.METHODS:
         raw = record["raw"][method]
         assert raw["computed_steps"] == [STEPS] * ROUNDS, method
         assert raw["last_block_runs"] == [2 * STEPS] * ROUNDS, method
@@ -70,7 +72,7 @@ def test_overheads_are_paired_against_uncached(measured):
     raw, summary = record["raw"], record["summary"]
     assert not any(k.startswith("overhead") for k in summary["uncached"])
     for method in ("SenCache", "FirstBlockCache", "MagCache"):
-        for key in host_cost.FIGURES:
+        for key in host_cost_measure.FIGURES:
             diffs = [a - b for a, b in zip(raw[method][key], raw["uncached"][key], strict=True)]
             o = summary[method][f"overhead_{key}"]
             assert o["median"] == pytest.approx(statistics.median(diffs)) and o["n"] == ROUNDS
@@ -98,18 +100,18 @@ def test_profile_and_table(measured):
                                      for a in prof["top_added"])
     assert all(math.isfinite(v) and v > 0 for v in record["components"]["us_per_step"].values())
     table = out.with_suffix(".md").read_text()
-    assert table == host_cost.markdown_table(record)
+    assert table == host_cost_report.markdown_table(record)
     rows = [line.split(" | ")[0].removeprefix("| ") for line in table.splitlines()[6:10]]
-    assert rows == list(host_cost.METHODS)
+    assert rows == list(host_cost_measure.METHODS)
     out.with_suffix(".md").unlink()
     host_cost.main(["--render", str(out)])  # the table is regenerated from the record alone
     assert out.with_suffix(".md").read_text() == table
 
 
 def test_quantiles():
-    assert host_cost.quantile([4.0, 1.0, 3.0, 2.0], 0.5) == 2.5
-    assert host_cost.spread([float(v) for v in range(101)]) == {"median": 50.0, "p25": 25.0, "p75": 75.0,
-                                                               "p5": 5.0, "p95": 95.0, "n": 101}
+    assert host_cost_report.quantile([4.0, 1.0, 3.0, 2.0], 0.5) == 2.5
+    assert host_cost_report.spread([float(v) for v in range(101)]) == {"median": 50.0, "p25": 25.0, "p75": 75.0,
+                                                                      "p5": 5.0, "p95": 95.0, "n": 101}
 
 
 @pytest.mark.parametrize("method", ["FirstBlockCache", "SenCache"])
@@ -118,9 +120,9 @@ def test_a_cache_that_skips_is_refused(method):
     if method == "FirstBlockCache":
         pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=1e9))
     else:
-        profile = host_cost.flat_profile(pipe.transformer)
+        profile = host_cost_measure.flat_profile(pipe.transformer)
         sencache.apply_sencache(pipe, sencache.SenCacheConfig(profile=profile, eps=1e9, eps_start=1e9))
-    probe = host_cost.Probe(pipe.transformer)
-    kwargs = call_kwargs("wan", pipe, num_inference_steps=STEPS, output_type="latent", **host_cost.GEOMETRY)
+    probe = host_cost_measure.Probe(pipe.transformer)
+    kwargs = call_kwargs("wan", pipe, num_inference_steps=STEPS, output_type="latent", **host_cost_measure.GEOMETRY)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="cache skipped"):
-        host_cost.run_call(method, pipe, probe, kwargs, STEPS)
+        host_cost_measure.run_call(method, pipe, probe, kwargs, STEPS)
