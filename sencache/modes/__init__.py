@@ -3,7 +3,8 @@
 An executor runs one transformer call of a denoising step with the block stack cached:
 ``executor(ctx, step, args, kwargs)``, where ``step`` is the leading context's :class:`~sencache.clock.Step` (None
 for a following context) and ``ctx`` the calling context's cache. While the transformer runs, the block stack asks
-the executor for its output: ``executor.replace_stack(carried, args, kwargs)``. The modes, fastest first:
+a ``Head`` for its output, ``head.replace_stack(carried, args, kwargs)``: the executor itself in eager and compiled
+mode, the capture being built in graph mode (a replay runs no Python). The modes, fastest first:
 
 - ``graph`` (:mod:`sencache.modes.graph`): each call replays a CUDA graph with the block stack under a conditional
   IF node set from the device decision flag; no host sync.
