@@ -29,6 +29,7 @@ class Step:
     """What the leading context's call decides with."""
 
     index: int
+    x: torch.Tensor  # the latent
     t: torch.Tensor  # the timestep per sample, float32 [B] on the latent's device
     jx: torch.Tensor  # Jx(t) and Jt(t) of the profile, float32 [B]
     jt: torch.Tensor
@@ -83,6 +84,7 @@ class StepClock:
         self.history: list[StatsRecorder] = []
         self.states: OrderedDict[tuple, DecisionState] = OrderedDict()
         self.state: DecisionState | None = None
+        self.state_key: tuple | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -115,8 +117,6 @@ class StepClock:
                 or (timesteps_obj is not None and timesteps_obj is not self.timesteps_obj)):
             self._start_call(name, signature, num_steps, timesteps_obj)
         self.step = self.step + 1 if step_index is None else int(step_index)
-        if self.state is None or not self.state.matches(x):
-            self.state = self._state_for(x)
         ts = self.timesteps_obj
         if row is None and self.schedule is None and isinstance(ts, torch.Tensor) and not ts.is_inference():
             self.schedule = _Schedule(self.timesteps_obj, x.shape[0], self.config)  # once per call
@@ -125,21 +125,24 @@ class StepClock:
         jx, jt = cfg.profile.lookup(tb, cfg.interpolation) if row is None else row[1:]
         eps = cfg.tolerance(self.step, num_steps)
         forced = self.step < self.force_first or self.step >= num_steps - self.force_last
-        return Step(self.step, tb, jx, jt, eps, forced, self.state, eps * self.root_n)
+        return Step(self.step, x, tb, jx, jt, eps, forced, self.state, eps * self.root_n)
 
     def _start_call(self, leader: str, signature: tuple, num_steps: int, timesteps_obj: Any) -> None:
         self.reset()
         self.leader, self.signature, self.num_steps, self.timesteps_obj = leader, signature, num_steps, timesteps_obj
         self.root_n = math.sqrt(math.prod(signature[0][1:]))  # sqrt(elements per sample) of the call's latent
+        key = signature[:3]  # a call keeps one latent shape, dtype and device: its decision state is chosen here
+        if self.state is None or self.state_key != key:
+            self.state, self.state_key = self._state_for(key), key
         self.recorder = StatsRecorder(num_steps)
         self.history.append(self.recorder)
         del self.history[:-MAX_HISTORY]
 
-    def _state_for(self, x: torch.Tensor) -> DecisionState:
-        key = (tuple(x.shape), x.dtype, x.device)
+    def _state_for(self, key: tuple) -> DecisionState:
         state = self.states.get(key)
         if state is None:
-            state = self.states[key] = DecisionState(x)
+            shape, dtype, device = key
+            state = self.states[key] = DecisionState(torch.empty(shape, dtype=dtype, device=device))
             for buf in state.buffers():  # static inputs of the compiled step; captured graphs keep them anyway
                 torch._dynamo.mark_static_address(buf)
             while len(self.states) > MAX_STATES:

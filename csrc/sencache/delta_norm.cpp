@@ -10,8 +10,10 @@
 namespace sencache {
 
 at::Tensor delta_norm_aten(const at::Tensor& x, const at::Tensor& x_ref) {
-  // Same calls as delta_norm_ref: cast both to float32, subtract, reshape to [B, -1], 2-norm along dim 1.
-  const auto diff = x.to(at::kFloat) - x_ref.to(at::kFloat);
+  // Same calls as delta_norm_ref: cast both to float32, subtract, reshape to [B, -1], 2-norm along dim 1. A float32
+  // latent is used as it is (.to would return it unchanged, through two dispatcher calls per step).
+  const bool f32 = x.scalar_type() == at::kFloat;
+  const auto diff = (f32 ? x : x.to(at::kFloat)) - (f32 ? x_ref : x_ref.to(at::kFloat));
   return at::linalg_vector_norm(diff.reshape_symint({x.sym_size(0), -1}), 2, at::IntArrayRef{1});
 }
 

@@ -17,7 +17,7 @@ class EagerExecutor(Executor):
     def __call__(self, ctx: Context, step: Any, args: tuple, kwargs: dict) -> Any:
         hook, clock = self.hook, self.hook.clock
         if step is not None:
-            step.state.decide(hook.latent(args, kwargs), step.t, step.jx, step.jt, step.eps, step.forced,
+            step.state.decide(step.x, step.t, step.jx, step.jt, step.eps, step.forced,
                               hook.config.max_consecutive_skips)
             flag = step.state.read_flag()  # the one host read of an eager step
             if flag & NONFINITE and not clock.warned_nonfinite:
