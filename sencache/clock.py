@@ -115,7 +115,7 @@ class StepClock:
         if (self.leader is None or signature != self.signature or self.step + 1 >= self.num_steps
                 or (step_index is not None and step_index <= self.step)
                 or (timesteps_obj is not None and timesteps_obj is not self.timesteps_obj)):
-            self._start_call(name, signature, num_steps, timesteps_obj)
+            self._start_call(name, x, signature, num_steps, timesteps_obj)
         self.step = self.step + 1 if step_index is None else int(step_index)
         ts = self.timesteps_obj
         if row is None and self.schedule is None and isinstance(ts, torch.Tensor) and not ts.is_inference():
@@ -127,22 +127,21 @@ class StepClock:
         forced = self.step < self.force_first or self.step >= num_steps - self.force_last
         return Step(self.step, x, tb, jx, jt, eps, forced, self.state, eps * self.root_n)
 
-    def _start_call(self, leader: str, signature: tuple, num_steps: int, timesteps_obj: Any) -> None:
+    def _start_call(self, leader: str, x: torch.Tensor, signature: tuple, num_steps: int, timesteps_obj: Any) -> None:
         self.reset()
         self.leader, self.signature, self.num_steps, self.timesteps_obj = leader, signature, num_steps, timesteps_obj
         self.root_n = math.sqrt(math.prod(signature[0][1:]))  # sqrt(elements per sample) of the call's latent
         key = signature[:3]  # a call keeps one latent shape, dtype and device: its decision state is chosen here
         if self.state is None or self.state_key != key:
-            self.state, self.state_key = self._state_for(key), key
+            self.state, self.state_key = self._state_for(key, x), key
         self.recorder = StatsRecorder(num_steps)
         self.history.append(self.recorder)
         del self.history[:-MAX_HISTORY]
 
-    def _state_for(self, key: tuple) -> DecisionState:
+    def _state_for(self, key: tuple, x: torch.Tensor) -> DecisionState:
         state = self.states.get(key)
         if state is None:
-            shape, dtype, device = key
-            state = self.states[key] = DecisionState(torch.empty(shape, dtype=dtype, device=device))
+            state = self.states[key] = DecisionState(x)
             for buf in state.buffers():  # static inputs of the compiled step; captured graphs keep them anyway
                 torch._dynamo.mark_static_address(buf)
             while len(self.states) > MAX_STATES:

@@ -132,13 +132,9 @@ class BlockStack:
         """``blocks_in + residual``, per stream: the stack's output on a skipped step."""
         return tuple([c + r for c, r in zip(carried, residual, strict=True)])
 
-    def output(self, carried: Carried) -> Any:
-        """What a block returns for the carried streams."""
-        return carried if self.carries_encoder else carried[0]
-
 
 class _Running:
-    """The context manager of :meth:`BlockStack.running` (a plain class: it is entered twice per step)."""
+    """The context manager of :meth:`BlockStack.running` (a plain class: cheaper to enter than a generator's)."""
 
     __slots__ = ("head", "stack")
 
@@ -169,4 +165,4 @@ class _BlockHook(ModelHook):
         carried = stack.carried(args, kwargs)
         if self.is_head:
             carried = head.replace_stack(carried, args, kwargs)
-        return carried if stack.carries_encoder else carried[0]  # stack.output, inlined
+        return carried if stack.carries_encoder else carried[0]  # what a block returns for the streams
