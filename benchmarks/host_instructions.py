@@ -8,7 +8,9 @@ see cache misses or the cost of an instruction, so they are a proxy for time, no
 Each method runs in its own process under ``valgrind --tool=cachegrind --cache-sim=no``: the tiny Wan transformer of
 ``host_cost.py`` (2 blocks, one latent token, CFG as a "cond" and an "uncond" call per step, ``no_grad``), called
 directly for ``N`` steps. Two runs with ``N = short`` and ``N = long`` steps give the per-step count as
-``(I(long) - I(short)) / (long - short)``, which cancels start-up and set-up. Methods: uncached, SenCache eager at
+``(I(long) - I(short)) / (long - short)``, which cancels start-up and set-up. A plain run of every worker comes
+first: a module compiled to bytecode during one of the two counted runs (a source changed since the last run) would
+add its compilation to that run alone, an error of up to 10^5 instructions per step. Methods: uncached, SenCache eager at
 ``eps=0`` (flat profile, never skips), diffusers' FirstBlockCache at threshold 0 and MagCache with ratios that never
 skip. ``--worker METHOD STEPS`` is the process that valgrind runs.
 """
@@ -128,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         parser.error("needs valgrind on PATH")
     if not 0 < args.short < args.long:
         parser.error("need 0 < --short < --long")
+    for m in METHODS:  # compiles every module a worker imports: no run under valgrind writes bytecode caches
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", m, "1"], check=True)
     jobs = [(m, n) for m in METHODS for n in (args.short, args.long)]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = dict(zip(jobs, pool.map(lambda job: count(*job), jobs), strict=True))

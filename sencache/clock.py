@@ -49,21 +49,23 @@ class _Schedule:
 
     def __init__(self, timesteps: torch.Tensor, b: int, config: SenCacheConfig) -> None:
         self.timesteps, self.version, self.b = timesteps, timesteps._version, b
+        self.root = timesteps if timesteps._base is None else timesteps._base  # what views of it name as their base
         tf = timesteps.to(torch.float32)
         jx, jt = config.profile.lookup(tf, config.interpolation)
         table = torch.stack([tf, jx, jt]).unsqueeze(-1).expand(3, len(tf), b).contiguous()
-        self.rows = [tuple(table[:, k].unbind(0)) for k in range(len(tf))]
+        self.rows = list(zip(*(column.unbind(0) for column in table.unbind(0))))  # four ops for the whole table
         self.base, self.step = timesteps.data_ptr(), timesteps.stride(0) * timesteps.element_size()
 
     def row(self, t: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-        """``(t, Jx, Jt)`` per sample when ``t`` is a view of one entry, else None."""
+        """``(t, Jx, Jt)`` per sample when ``t`` is a view of one entry, else None. (A view shares the memory, so the
+        device, of ``timesteps``, which the clock checked against the latent's once per call.)"""
         ts = self.timesteps
-        if (not isinstance(t, torch.Tensor) or t.device != x.device or t.dtype != ts.dtype
+        if (not isinstance(t, torch.Tensor) or t._base is not self.root or t.dtype != ts.dtype
                 or ts._version != self.version or x.shape[0] != self.b):
             return None
         if t.numel() != 1 and (t.shape[0] != self.b or any(t.stride())):  # not one entry broadcast per sample
             return None
-        k, r = divmod(t.data_ptr() - self.base, self.step)  # the memory is ts's own while ts lives
+        k, r = divmod(t.data_ptr() - self.base, self.step)
         return self.rows[k] if r == 0 and 0 <= k < len(self.rows) else None
 
 
@@ -93,7 +95,10 @@ class StepClock:
         self.leader: str | None = None
         self.step = -1
         self.num_steps = 0
-        self.signature: tuple | None = None
+        self.shape: torch.Size | None = None  # the running call's latent
+        self.dtype: torch.dtype | None = None
+        self.device: torch.device | None = None
+        self.signature: tuple | None = None  # (shape, dtype, device, steps) of the running call
         self.timesteps_obj: Any = None
         self.compute = True  # the last decision, where it was read on the host (eager mode)
         self.flag: torch.Tensor | None = None  # a copy of the last decision flag, where it stays on the device
@@ -107,31 +112,36 @@ class StepClock:
 
     def tick(self, name: str, x: torch.Tensor, t: Any, step_index: int | None, ctx_steps: int | None) -> Step:
         """Start the step of the leading context's call with latent ``x`` at timestep ``t``."""
-        row = self.schedule.row(t, x) if self.schedule is not None else None
-        tb = per_sample_timestep(t, x) if row is None else row[0]  # validates before any state changes
-        num_steps = self._num_steps(ctx_steps)
+        schedule = self.schedule
+        row = schedule.row(t, x) if schedule is not None else None
+        # validates before any state changes; a copy: the statistics keep it, and it may be a view of the caller's t
+        tb = per_sample_timestep(t, x).clone() if row is None else row[0]
+        num_steps = int(ctx_steps) if ctx_steps else self._num_steps()
         timesteps_obj = getattr(self.scheduler, "timesteps", None)
-        signature = (tuple(x.shape), x.dtype, x.device, num_steps)
-        if (self.leader is None or signature != self.signature or self.step + 1 >= self.num_steps
-                or (step_index is not None and step_index <= self.step)
-                or (timesteps_obj is not None and timesteps_obj is not self.timesteps_obj)):
-            self._start_call(name, x, signature, num_steps, timesteps_obj)
-        self.step = self.step + 1 if step_index is None else int(step_index)
-        ts = self.timesteps_obj
-        if row is None and self.schedule is None and isinstance(ts, torch.Tensor) and not ts.is_inference():
-            self.schedule = _Schedule(self.timesteps_obj, x.shape[0], self.config)  # once per call
-            row = self.schedule.row(t, x)
+        if (self.leader is None or self.step + 1 >= self.num_steps or x.shape != self.shape or x.dtype != self.dtype
+                or num_steps != self.num_steps or (step_index is not None and step_index <= self.step)
+                or (timesteps_obj is not None and timesteps_obj is not self.timesteps_obj) or x.device != self.device):
+            self._start_call(name, x, num_steps, timesteps_obj)
+            ts = timesteps_obj
+            if isinstance(ts, torch.Tensor) and not ts.is_inference() and ts.device == x.device:
+                self.schedule = _Schedule(ts, x.shape[0], self.config)  # once per call
+                if row is None:
+                    row = self.schedule.row(t, x)
+                    tb = tb if row is None else row[0]  # equal values
+        self.step = step = self.step + 1 if step_index is None else int(step_index)
         cfg = self.config
         jx, jt = cfg.profile.lookup(tb, cfg.interpolation) if row is None else row[1:]
-        eps = cfg.tolerance(self.step, num_steps)
-        forced = self.step < self.force_first or self.step >= num_steps - self.force_last
-        return Step(self.step, x, tb, jx, jt, eps, forced, self.state, eps * self.root_n)
+        eps = cfg.tolerance(step, num_steps)
+        forced = step < self.force_first or step >= num_steps - self.force_last
+        return Step(step, x, tb, jx, jt, eps, forced, self.state, eps * self.root_n)
 
-    def _start_call(self, leader: str, x: torch.Tensor, signature: tuple, num_steps: int, timesteps_obj: Any) -> None:
+    def _start_call(self, leader: str, x: torch.Tensor, num_steps: int, timesteps_obj: Any) -> None:
         self.reset()
-        self.leader, self.signature, self.num_steps, self.timesteps_obj = leader, signature, num_steps, timesteps_obj
-        self.root_n = math.sqrt(math.prod(signature[0][1:]))  # sqrt(elements per sample) of the call's latent
-        key = signature[:3]  # a call keeps one latent shape, dtype and device: its decision state is chosen here
+        self.leader, self.num_steps, self.timesteps_obj = leader, num_steps, timesteps_obj
+        self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
+        self.root_n = math.sqrt(math.prod(x.shape[1:]))  # sqrt(elements per sample) of the call's latent
+        key = (tuple(x.shape), x.dtype, x.device)  # a call keeps one latent shape, dtype and device: its state
+        self.signature = (*key, num_steps)
         if self.state is None or self.state_key != key:
             self.state, self.state_key = self._state_for(key, x), key
         self.recorder = StatsRecorder(num_steps)
@@ -148,9 +158,7 @@ class StepClock:
                 self.states.popitem(last=False)
         return state
 
-    def _num_steps(self, ctx_steps: int | None) -> int:
-        if ctx_steps:
-            return int(ctx_steps)
+    def _num_steps(self) -> int:
         ts = getattr(self.scheduler, "timesteps", None)
         if ts is not None:
             return len(ts)
@@ -160,11 +168,18 @@ class StepClock:
                          "(sencache.apply_sencache(pipe, config)) or set SenCacheConfig(num_inference_steps=...)")
 
     # ------------------------------------------------------------------------------------------------ statistics
-    def record(self, step: Step, computed: bool | torch.Tensor) -> None:
-        """The leading call's decision: a bool read on the host, or the device flag (a snapshot is kept)."""
+    def record(self, step: Step, computed: bool | torch.Tensor, score: torch.Tensor | None = None) -> None:
+        """The leading call's decision: a bool read on the host, or the device flag (a snapshot is kept), with the
+        scores in ``score`` (a ``score_row``), else in the state's buffer (a copy is kept)."""
         if isinstance(computed, torch.Tensor):
             computed = self.flag = computed.clone()
-        self.recorder.record(step.t, step.state.score, step.threshold, step.forced, computed)
+        if score is None:
+            score = step.state.score.clone()
+        self.recorder.record(step.t, score, step.threshold, step.forced, computed)
+
+    def score_row(self, step: Step) -> torch.Tensor | None:
+        """Where an eager decision writes the scores of ``step`` (see ``StatsRecorder.score_row``)."""
+        return self.recorder.score_row(step.index, step.state._buffers["score"])
 
     def count_stack_call(self, computed: bool | torch.Tensor) -> None:
         """One context's call: whether it ran the block stack (a bool, or the step's flag snapshot)."""

@@ -65,12 +65,23 @@ class StatsRecorder:
         self.num_steps = num_steps
         self._stack_calls: list[bool | torch.Tensor] = []
         self._steps: list[tuple[torch.Tensor, torch.Tensor, float, bool, bool | torch.Tensor]] = []
+        self._rows: tuple[torch.Tensor, ...] | None = None
+
+    def score_row(self, index: int, like: torch.Tensor) -> torch.Tensor | None:
+        """Where a decision taken on the host's side of the step (eager) writes the per-sample scores of step
+        ``index``: a row of this call's score table, made like ``like`` (the state's ``[B]`` score buffer) on the
+        first step, so that recording them copies nothing. None for an index beyond the schedule."""
+        rows = self._rows
+        if rows is None:
+            rows = self._rows = torch.empty((self.num_steps, *like.shape), dtype=like.dtype,
+                                            device=like.device).unbind(0)
+        return rows[index] if 0 <= index < len(rows) else None
 
     def record(self, t: torch.Tensor, score: torch.Tensor, threshold: float, forced: bool,
                computed: bool | torch.Tensor) -> None:
-        """Keep copies of this step's timestep and scores, and its decision: a bool, or a snapshot of the device flag
-        that the caller keeps unchanged (no sync)."""
-        self._steps.append((t[:1].clone(), score.clone(), threshold, forced, computed))
+        """Keep this step's per-sample timesteps and scores (tensors that nothing writes to afterwards: the caller
+        hands copies) and its decision: a bool, or a snapshot of the device flag kept unchanged (no sync)."""
+        self._steps.append((t, score, threshold, forced, computed))
 
     def count_stack_call(self, computed: bool | torch.Tensor) -> None:
         """One context's transformer call: whether it ran the block stack (a bool, or a flag snapshot)."""
@@ -87,7 +98,7 @@ class StatsRecorder:
         stats = CallStats(num_steps=self.num_steps, block_stack_calls=sum(self._computed(self._stack_calls)))
         if not self._steps:
             return stats
-        ts = torch.cat([s[0] for s in self._steps]).double().cpu().tolist()
+        ts = torch.cat([s[0][:1] for s in self._steps]).double().cpu().tolist()
         scores = torch.stack([s[1] for s in self._steps]).double().cpu()
         scores = torch.where(torch.isfinite(scores), scores, float("nan")).tolist()
         stats.timesteps = ts

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from sencache_kernels.commit import commit
-from sencache_kernels.decide import decide
+from sencache_kernels.decide import COMPUTE, decide
 
 
 class DecisionState(torch.nn.Module):
@@ -64,22 +64,27 @@ class DecisionState(torch.nn.Module):
 
     def decide(
         self, x: torch.Tensor, t: torch.Tensor, jx_now: torch.Tensor, jt_now: torch.Tensor, eps: float,
-        force: bool, max_skips: int,
-    ) -> None:
-        """``set_inputs`` then ``step``: one eager decision with its state update; no host sync. The fills are left
-        out when ``eps`` and ``force`` are those of the last step (most steps: the host cost is per op)."""
+        force: bool, max_skips: int, score: torch.Tensor | None = None,
+    ) -> int:
+        """One eager step: the fused decision, the host read of its flag (the step's one sync) and, on a computed
+        step, the reference update ``x_ref <- x`` (what ``commit`` does, chosen by the host that read the flag).
+        Returns the flag. The fills of ``eps`` and ``force`` are left out when they are those of the last step, and
+        the per-sample scores go to ``score`` where given (a row of the call's statistics), else to the buffer."""
         if self._inputs != (eps, force):
             self.set_inputs(eps, force)
         b = self._buffers  # the buffers and ops without nn.Module's attribute lookup or wrappers (host cost per step)
-        ops = torch.ops.sencache
-        ops.decide(x, t, jx_now, jt_now, b["eps"], b["force"], b["x_ref"], b["t_ref"], b["jx_ref"], b["jt_ref"],
-                   b["skips"], b["flag"], b["score"], b["ticket"], max_skips)
-        ops.commit(b["flag"], x, None, b["x_ref"])
+        torch.ops.sencache.decide(x, t, jx_now, jt_now, b["eps"], b["force"], b["x_ref"], b["t_ref"], b["jx_ref"],
+                                  b["jt_ref"], b["skips"], b["flag"], b["score"] if score is None else score,
+                                  b["ticket"], max_skips)
+        flag = self.read_flag()
+        if flag & COMPUTE:
+            b["x_ref"].copy_(x)
+        return flag
 
     def read_flag(self) -> int:
         """Read the decision flag on the host: the single synchronisation of an eager step."""
         flag = self._buffers["flag"]
-        if flag.device.type != "cuda":
+        if not flag.is_cuda:
             return int(flag)
         self._host_flag.copy_(flag, non_blocking=True)
         torch.cuda.current_stream(flag.device).synchronize()

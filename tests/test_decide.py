@@ -179,11 +179,35 @@ def test_state_module_matches_functional_op(gen):
     st = sk.DecisionState(x)
     t = torch.full((2,), 800.0)
     j = torch.rand(2, generator=gen)
-    st.decide(x, t, j, j, 0.1, True, 2)
+    assert st.decide(x, t, j, j, 0.1, True, 2) == sk.COMPUTE
     assert st.read_flag() == sk.COMPUTE and torch.equal(st.x_ref, x)
-    st.decide(x, t, j, j, 0.1, False, 2)  # no drift at all: skip
+    assert st.decide(x, t, j, j, 0.1, False, 2) == 0  # no drift at all: skip
     assert st.read_flag() == 0 and int(st.skips) == 1
     assert st.matches(x) and not st.matches(x.double())
+
+
+def test_eager_decide_equals_device_step(gen):
+    """The eager path (decide op, host read, ``x_ref <- x`` by the host's branch; scores to a given tensor) leaves the
+    same state, bit for bit, as the device path (``set_inputs`` + ``step``: decide op + ``commit``)."""
+    x0 = torch.randn(2, 3, 5, generator=gen)
+    eager, device = sk.DecisionState(x0), sk.DecisionState(x0)
+    j = torch.rand(2, generator=gen) + 0.5
+    kinds = set()
+    for k in range(12):
+        x = x0 + 0.02 * k * torch.randn(2, 3, 5, generator=gen)
+        t = torch.full((2,), 900.0 - 10 * k)
+        eps, force = (0.05 if k % 3 else 0.2), k == 0
+        scores = torch.full((2,), float("nan"))
+        flag = eager.decide(x, t, j, j * 1e-3, eps, force, 2, scores)
+        device.set_inputs(eps, force)
+        device.step(x, t, j, j * 1e-3, 2)
+        assert flag == int(device.flag)
+        kinds.add(flag & sk.COMPUTE)
+        assert torch.equal(scores, device.score)
+        for name, buf in device.named_buffers():
+            if name != "score":  # the eager state's score buffer was left out: the scores went to `scores`
+                assert torch.equal(getattr(eager, name), buf), (k, name)
+    assert kinds == {0, sk.COMPUTE}  # both branches taken
 
 
 def test_compile_fullgraph_no_graph_break(gen):

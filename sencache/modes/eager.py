@@ -17,15 +17,15 @@ class EagerExecutor(Executor):
     def __call__(self, ctx: Context, step: Any, args: tuple, kwargs: dict) -> Any:
         hook, clock = self.hook, self.hook.clock
         if step is not None:
-            step.state.decide(step.x, step.t, step.jx, step.jt, step.eps, step.forced,
-                              hook.config.max_consecutive_skips)
-            flag = step.state.read_flag()  # the one host read of an eager step
+            row = clock.score_row(step)
+            flag = step.state.decide(step.x, step.t, step.jx, step.jt, step.eps, step.forced,
+                                     hook.config.max_consecutive_skips, row)  # with the one host read of the step
             if flag & NONFINITE and not clock.warned_nonfinite:
                 clock.warned_nonfinite = True
                 warnings.warn("SenCache: the latent contains NaN or Inf; such steps are always computed, never "
                               "skipped. Check the inputs and the model's dtype.", RuntimeWarning, stacklevel=5)
             clock.compute = bool(flag & COMPUTE)
-            clock.record(step, clock.compute)
+            clock.record(step, clock.compute, row)
         self._residual = ctx.residual
         stack = hook.stack
         stack.head = self  # stack.running(self), without a context manager's two calls
