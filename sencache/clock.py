@@ -112,22 +112,19 @@ class StepClock:
 
     def tick(self, name: str, x: torch.Tensor, t: Any, step_index: int | None, ctx_steps: int | None) -> Step:
         """Start the step of the leading context's call with latent ``x`` at timestep ``t``."""
-        schedule = self.schedule
-        row = schedule.row(t, x) if schedule is not None else None
-        # validates before any state changes; a copy: the statistics keep it, and it may be a view of the caller's t
-        tb = per_sample_timestep(t, x).clone() if row is None else row[0]
         num_steps = int(ctx_steps) if ctx_steps else self._num_steps()
         timesteps_obj = getattr(self.scheduler, "timesteps", None)
         if (self.leader is None or self.step + 1 >= self.num_steps or x.shape != self.shape or x.dtype != self.dtype
                 or num_steps != self.num_steps or (step_index is not None and step_index <= self.step)
                 or (timesteps_obj is not None and timesteps_obj is not self.timesteps_obj) or x.device != self.device):
+            per_sample_timestep(t, x)  # validates before any state changes
             self._start_call(name, x, num_steps, timesteps_obj)
             ts = timesteps_obj
             if isinstance(ts, torch.Tensor) and not ts.is_inference() and ts.device == x.device:
-                self.schedule = _Schedule(ts, x.shape[0], self.config)  # once per call
-                if row is None:
-                    row = self.schedule.row(t, x)
-                    tb = tb if row is None else row[0]  # equal values
+                self.schedule = _Schedule(ts, x.shape[0], self.config)  # once per call, for this call's latent
+        row = self.schedule.row(t, x) if self.schedule is not None else None
+        # a copy off the table: the statistics keep it, and it may be a view of the caller's t
+        tb = per_sample_timestep(t, x).clone() if row is None else row[0]
         self.step = step = self.step + 1 if step_index is None else int(step_index)
         cfg = self.config
         jx, jt = cfg.profile.lookup(tb, cfg.interpolation) if row is None else row[1:]
