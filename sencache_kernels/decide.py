@@ -1,7 +1,9 @@
 """The SenCache decision with its state update: the pure-torch reference (CPU path and test oracle).
 
 One call per denoising step of the deciding context. With per-sample drift ``d[b] = ||x[b] - x_ref[b]||_2``
-(float32 accumulation) and ``n = numel(x) / B`` elements per sample::
+(float32 accumulation of the squares, unscaled, so a drift whose squares sum past float32's range is inf and flags
+``NONFINITE``; with one element per sample torch's norm is ``|x[b] - x_ref[b]|``, which never overflows) and
+``n = numel(x) / B`` elements per sample::
 
     score[b] = jx_ref[b] * d[b] + jt_ref[b] * |t[b] - t_ref[b]|
     ok[b]    = isfinite(score[b]) and score[b] <= eps * sqrt(n)
@@ -64,14 +66,14 @@ def decide_ref(
         t: timestep per sample, float32 ``[B]``.
         jx_now: Jx looked up at ``t``, float32 ``[B]``; becomes the reference sensitivity on a computed step.
         jt_now: Jt looked up at ``t``, float32 ``[B]``.
-        eps: RMS-per-element tolerance, float32 0-d tensor.
-        force: bool 0-d tensor; True computes the step whatever the score.
+        eps: RMS-per-element tolerance, a one-element float32 tensor (any shape, like every one-element argument).
+        force: one-element bool tensor; True computes the step whatever the score.
         x_ref: reference latent, same shape/dtype/device as ``x`` (read only).
         t_ref: float32 ``[B]`` (mutated).
         jx_ref: float32 ``[B]`` (mutated).
         jt_ref: float32 ``[B]`` (mutated).
-        skips: int32 0-d consecutive-skip counter (mutated).
-        flag: int32 0-d decision flag (mutated): ``COMPUTE`` and ``NONFINITE`` bits.
+        skips: one-element int32 consecutive-skip counter (mutated).
+        flag: one-element int32 decision flag (mutated): ``COMPUTE`` and ``NONFINITE`` bits.
         score: float32 ``[B]`` output of per-sample scores (mutated).
         ticket: int32 one-element arrival counter of the fused kernel; zero before and after (unused here).
         max_skips: cap on consecutive skips (``K``).
@@ -79,14 +81,17 @@ def decide_ref(
     n = x.numel() // x.shape[0]
     d = delta_norm_ref(x, x_ref)
     s = jx_ref * d + jt_ref * (t - t_ref).abs()
+    # eps, force and skips hold one element of any shape (ops.def: SCALAR); read them as 0-d views, so that the
+    # decision and the writes below are 0-d whatever their shapes (the writes broadcast into the caller's shapes).
+    eps, force, count = eps.reshape(()), force.reshape(()), skips.reshape(())
     thr = eps.to(torch.float32) * torch.tensor(float(n), dtype=torch.float32, device=x.device).sqrt()
     ok = torch.isfinite(s) & (s <= thr)
-    skip = ok.all() & (skips < max_skips) & ~force
+    skip = ok.all() & (count < max_skips) & ~force
     compute = ~skip
     nonfinite = ~torch.isfinite(d).all()
     score.copy_(s)
     flag.copy_(compute.to(torch.int32) * COMPUTE + nonfinite.to(torch.int32) * NONFINITE)
-    skips.copy_(torch.where(compute, torch.zeros_like(skips), skips + 1))
+    skips.copy_(torch.where(compute, torch.zeros_like(count), count + 1))
     t_ref.copy_(torch.where(compute, t, t_ref))
     jx_ref.copy_(torch.where(compute, jx_now, jx_ref))
     jt_ref.copy_(torch.where(compute, jt_now, jt_ref))
@@ -95,11 +100,12 @@ def decide_ref(
 # ----------------------------------------------------------------------------------------------------------------
 # The fused Triton kernel (CUDA path; runs on the CPU under TRITON_INTERPRET=1 for tests).
 #
-# Grid (chunks, B). Program (c, b) sums (x - x_ref)^2 over chunk c of sample b in float32 and stores the partial sum
-# in a workspace; it then takes a ticket from the arrival counter (acq_rel atomic). The program that draws the last
-# ticket adds every sample's partials in a fixed order (so the norm is bit-identical on every run whatever the
-# arrival order), takes the decision, updates the state, writes the flag and resets the counter to zero, so that the
-# next launch (or CUDA-graph replay) starts from a clean counter.
+# Grid (chunks, B). Program (c, b) sums (x - x_ref)^2 (|x - x_ref| when a sample has one element, like the reference)
+# over chunk c of sample b in float32 and stores the partial sum in a workspace; it then takes a ticket from the
+# arrival counter (acq_rel atomic). The program that draws the last ticket adds every sample's partials in a fixed
+# order (so the norm is bit-identical on every run whatever the arrival order), takes the decision, updates the state,
+# writes the flag and resets the counter to zero, so that the next launch (or CUDA-graph replay) starts from a clean
+# counter.
 try:
     import triton
     import triton.language as tl
@@ -126,7 +132,7 @@ if triton is not None:
         t_ptr, jxn_ptr, jtn_ptr, eps_ptr, force_ptr,
         tref_ptr, jxr_ptr, jtr_ptr, skips_ptr, flag_ptr, score_ptr, ticket_ptr, part_ptr,
         sqrt_n, max_skips, B,
-        BLOCK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, ONE: tl.constexpr,
     ):
         pid_c = tl.program_id(0)
         pid_b = tl.program_id(1)
@@ -140,7 +146,10 @@ if triton is not None:
             a = tl.load(xs + idx, mask=m, other=0.0).to(tl.float32)
             r = tl.load(rs + idx, mask=m, other=0.0).to(tl.float32)
             diff = a - r
-            acc += diff * diff
+            if ONE:  # one element per sample: |diff|, as torch's norm of a single element (no overflow of diff^2)
+                acc += tl.abs(diff)
+            else:
+                acc += diff * diff
         tl.store(part_ptr + pid_b * n_chunks + pid_c, tl.sum(acc, axis=0))
         tl.debug_barrier()  # every thread's store happens before the release below
         ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
@@ -154,7 +163,9 @@ if triton is not None:
                 pm = bm[:, None] & (cs < n_chunks)[None, :]
                 p = tl.load(part_ptr + bs[:, None] * n_chunks + cs[None, :], mask=pm, other=0.0, volatile=True)
                 ss += tl.sum(p, axis=1)
-            d = tl.sqrt_rn(ss)
+            d = ss
+            if not ONE:
+                d = tl.sqrt_rn(ss)
             t = tl.load(t_ptr + bs, mask=bm, other=0.0)
             t_ref = tl.load(tref_ptr + bs, mask=bm, other=0.0)
             jx_ref = tl.load(jxr_ptr + bs, mask=bm, other=0.0)
@@ -239,7 +250,7 @@ def decide_triton(
         outs[0], outs[1], outs[2], skips, flag, outs[3], ticket, part,
         _sqrt_f32(n), max_skips, b,
         BLOCK=block, BLOCK_B=block_b, BLOCK_C=max(1, min(triton.next_power_of_2(n_chunks), 4096 // block_b)),
-        num_warps=8, enable_fp_fusion=False,
+        ONE=n == 1, num_warps=8, enable_fp_fusion=False,
     )
     for orig, buf in zip((t_ref, jx_ref, jt_ref, score), outs, strict=True):
         if buf is not orig:

@@ -267,3 +267,38 @@ def test_threshold_scales_with_sqrt_numel():
         assert int(a["flag"]) == 0, n
         # float32 accumulation of n terms: relative error bounded by about n * 2**-24
         assert math.isclose(float(a["score"]), 0.1 * math.sqrt(n), rel_tol=n * 2.0**-24)
+
+
+# The one-element arguments of decide, from its SCALAR rules in ops.def (the contract: one element, any shape).
+ONE_ELEMENT_ARGS = [a for kind, args, *_ in sk.ops.RULES["decide"] if kind == "SCALAR" for a in args.split()]
+
+
+def one_element_like(v, shape):
+    """``v``'s value in a one-element tensor of ``shape``; ``"view"``: a one-element view into a larger buffer."""
+    if shape == "view":
+        buf = torch.zeros(3, dtype=v.dtype)
+        buf[1] = v.reshape(())
+        return buf[1:2]
+    return v.reshape(shape).clone()
+
+
+@pytest.mark.parametrize("shape", [(1,), (1, 1), "view"])
+@pytest.mark.parametrize("arg", ONE_ELEMENT_ARGS)
+def test_one_element_arguments_of_any_shape_agree_with_reference(arg, shape, gen):
+    """What the op accepts, the reference accepts and decides the same way (issue 15: a [1] force or skips): forced,
+    skipped twice (no drift), then computed at K = 2, with ``arg`` as a one-element tensor of another shape."""
+    assert set(ONE_ELEMENT_ARGS) == {"eps", "force", "skips", "flag", "ticket"}
+    x = torch.randn(2, 8, generator=gen)
+    outcomes = []
+    for step, (force, skips) in enumerate([(True, 0), (False, 0), (False, 1), (False, 2)]):
+        a = make_args(x, gen, eps=0.5, force=force, max_skips=2)
+        a.update(x_ref=x.clone(), t_ref=a["t"].clone(), skips=torch.tensor(skips, dtype=torch.int32))
+        a[arg] = one_element_like(a[arg], shape)
+        b = clone_args(a)
+        sk.decide(**a)
+        sk.decide_ref(**b)
+        for k in DECIDE_STATE:
+            assert a[k].shape == b[k].shape and torch.equal(a[k], b[k]), (step, k)
+        assert a[arg].shape == ((1,) if shape == "view" else shape)  # written in place, its shape kept
+        outcomes.append((int(a["flag"]), int(a["skips"].reshape(()))))
+    assert outcomes == [(sk.COMPUTE, 0), (0, 1), (0, 2), (sk.COMPUTE, 0)]

@@ -57,6 +57,53 @@ def test_triton_norm_one_million_per_sample(dtype, batch, gen):
     torch.testing.assert_close(a["score"].cpu(), norm64(x, x_ref).cpu(), rtol=NORM_RTOL, atol=0)
 
 
+@pytest.mark.parametrize("drift", [2e19, -3.0e38, 1e-30, 1e-44, 0.0])
+def test_triton_one_element_per_sample_equals_reference(drift, gen):
+    """A sample of one element: the drift norm is |x - x_ref| in the reference (torch's norm of one element squares
+    nothing), so it neither overflows above ~1.8e19 nor underflows below ~1e-19; the kernel gives the same bits and
+    flags (issue 15: it gave inf and NONFINITE at 2e19). Float64 agrees exactly (|a - b| is exact for these values)."""
+    x = torch.tensor([[drift], [0.5]])
+    x_ref = torch.tensor([[0.0], [0.25]])
+    a = norm_args(x.to(DEVICE), x_ref.to(DEVICE))
+    a["eps"] = torch.tensor(0.0, device=DEVICE)  # a zero tolerance: any nonzero drift computes, a zero one may skip
+    ref = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in clone_args(a).items()}
+    sk.decide_ref(**ref)
+    sk.decide_triton(**a)
+    assert torch.equal(ref["score"], norm64(x, x_ref)) and torch.equal(a["score"].cpu(), ref["score"])
+    assert int(a["flag"]) == int(ref["flag"]) == sk.COMPUTE  # sample 1 drifts: computed, and no NONFINITE bit
+
+
+def test_triton_overflowing_sum_of_squares_flags_like_reference(gen):
+    """Two or more elements: both sum the float32 squares unscaled, so a drift whose squares pass float32's range is
+    inf in both (flagged NONFINITE, computed), while float64 would be finite: the reference is the contract."""
+    x = torch.tensor([[2e19, 2e19], [1.0, 2.0]])
+    x_ref = torch.zeros(2, 2)
+    a = norm_args(x.to(DEVICE), x_ref.to(DEVICE))
+    ref = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in clone_args(a).items()}
+    sk.decide_ref(**ref)
+    sk.decide_triton(**a)
+    assert math.isinf(float(ref["score"][0])) and math.isfinite(float(norm64(x, x_ref).double()[0]))
+    assert torch.equal(a["score"].cpu(), ref["score"])
+    assert int(a["flag"]) == int(ref["flag"]) == sk.COMPUTE | sk.NONFINITE
+
+
+@pytest.mark.parametrize("arg", ["eps", "force", "skips", "flag", "ticket"])
+def test_triton_one_element_arguments_of_any_shape(arg, gen):
+    """The kernel reads and writes the one element of eps/force/skips/flag/ticket whatever their shape, like the
+    reference: a zero drift is skipped, its counter incremented, in a [1, 1] tensor."""
+    x = torch.randn(2, 33, generator=gen)
+    a = make_args(x, gen, eps=0.1, max_skips=3)
+    a.update(x_ref=x.clone(), t_ref=a["t"].clone(), skips=torch.tensor(1, dtype=torch.int32))
+    a[arg] = a[arg].reshape(1, 1).clone()
+    ref = clone_args(a)
+    sk.decide_ref(**ref)
+    tri = to_device(a)
+    sk.decide_triton(**tri)
+    for k in DECIDE_STATE:
+        assert tri[k].shape == ref[k].shape and torch.equal(tri[k].cpu(), ref[k]), k
+    assert int(ref["flag"]) == 0 and int(ref["skips"].reshape(())) == 2
+
+
 @pytest.mark.parametrize("layout", ["batch_strided", "permuted", "ref_strided"])
 def test_triton_non_contiguous_inputs(layout, gen):
     base = torch.randn(4, 3, 5, 33, generator=gen).to(DEVICE)
