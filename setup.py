@@ -1,21 +1,28 @@
 """Builds the ``sencache_kernels._C`` extension; the project metadata lives in pyproject.toml.
 
-Install for development with ``pip install --no-build-isolation --no-deps -e .`` (an isolated build environment
-would download a fresh torch). With a CUDA build of torch and nvcc found (``CUDA_HOME``), the extension is built
-as a ``CUDAExtension`` with the ``csrc/**/*.cu`` sources for the architectures in ``TORCH_CUDA_ARCH_LIST``
-(read by torch.utils.cpp_extension; e.g. ``TORCH_CUDA_ARCH_LIST=9.0`` on Hopper). ``SENCACHE_CUDA=0`` forces a
-CPU-only build, ``SENCACHE_CUDA=1`` fails when CUDA is unavailable.
+Install with ``pip install --no-build-isolation .`` (``-e .`` for development) into an environment that already has
+the torch you will run: the extension is compiled against that torch and must be loaded by the same version. An
+isolated build (plain ``pip install .``) compiles against whatever torch pip puts in its build environment.
 
-The ops' contract, ``sencache_kernels/ops.def`` (schemas, argument rules, messages), is #included by the C++ sources as
-``"sencache_kernels/ops.def"`` (the project root is on the include path) and ships with the package (package_data), where
-the Python fallback reads it.
+The build includes the CUDA sources (``csrc/**/*.cu``) only when it can build them for a GPU (``choose_build``): a CUDA
+build of torch, nvcc (``CUDA_HOME``), and a GPU architecture list, from ``TORCH_CUDA_ARCH_LIST`` (e.g. ``9.0`` on
+Hopper) or from the GPUs visible here. Otherwise it builds the CPU ops and says why in one line (``pip install -v``
+shows it; ``sencache_kernels.build_info()`` keeps it). ``SENCACHE_CUDA=0`` forces a CPU-only build, ``SENCACHE_CUDA=1``
+fails when the CUDA ops cannot be built.
+
+The ops' contract, ``sencache_kernels/ops.def`` (schemas, argument rules, messages), is #included by the C++ sources
+as ``"sencache_kernels/ops.def"`` (the project root is on the include path) and ships with the package
+(package_data), where the Python fallback reads it.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
+import sys
+from collections.abc import Callable
 
 import torch
 from setuptools import find_packages, setup
@@ -29,18 +36,70 @@ def _sources(pattern: str) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
 
 
-def _use_cuda() -> bool:
-    wanted = os.environ.get("SENCACHE_CUDA", "auto").strip().lower()
-    available = torch.version.cuda is not None and CUDA_HOME is not None
-    if wanted in ("0", "off", "false", "no"):
-        return False
-    if wanted in ("1", "on", "true", "yes") and not available:
-        raise RuntimeError(
-            f"SENCACHE_CUDA={wanted} but CUDA is unavailable (torch.version.cuda={torch.version.cuda}, "
-            f"CUDA_HOME={CUDA_HOME}); install a CUDA build of torch and set CUDA_HOME to the toolkit, "
-            "or unset SENCACHE_CUDA"
-        )
-    return available
+_OFF, _ON = ("0", "off", "false", "no"), ("1", "on", "true", "yes")
+
+
+def choose_build(requested: str, torch_version: str, torch_cuda: str | None, nvcc: str | None,
+                 arch_list: str | None, visible_gpu_archs: Callable[[], list[str]]) -> tuple[bool, str]:
+    """Whether to build the CUDA ops, and the one line that says what is built and why.
+
+    Args:
+        requested: ``SENCACHE_CUDA`` (``auto`` when unset, ``0`` for CPU only, ``1`` for CUDA or fail).
+        torch_version, torch_cuda: ``torch.__version__`` and ``torch.version.cuda`` (None for a CPU build of torch).
+        nvcc: the path of nvcc, or None when there is none.
+        arch_list: ``TORCH_CUDA_ARCH_LIST`` (None or blank when unset; ``native`` means the visible GPUs).
+        visible_gpu_archs: returns the compute capabilities of the visible GPUs (called only when needed).
+
+    Raises:
+        RuntimeError: ``SENCACHE_CUDA=1`` and the CUDA ops cannot be built (the message says what is missing).
+    """
+    wanted = requested.strip().lower() or "auto"
+    if wanted not in (*_OFF, *_ON, "auto"):
+        raise RuntimeError(f"SENCACHE_CUDA={requested!r}: use 0 (CPU ops only), 1 (CUDA ops or fail) or leave it unset")
+    if wanted in _OFF:
+        return False, "sencache: building the CPU ops only (SENCACHE_CUDA=0)"
+    arches, source, missing = None, "", None
+    if torch_cuda is None:
+        missing = f"torch {torch_version} is a CPU build (a CUDA build of torch is needed for the CUDA ops)"
+    elif nvcc is None:
+        missing = (f"torch {torch_version} has CUDA {torch_cuda} but nvcc was not found (set CUDA_HOME to a CUDA "
+                   "toolkit)")
+    else:
+        arch_list = (arch_list or "").strip()
+        if arch_list and arch_list != "native":
+            arches, source = arch_list, "TORCH_CUDA_ARCH_LIST"
+        else:
+            found = visible_gpu_archs()
+            if found:
+                arches, source = ";".join(found), "the visible GPUs"
+            else:
+                missing = ("no GPU is visible and TORCH_CUDA_ARCH_LIST is unset (set it to the target GPUs, e.g. "
+                           "TORCH_CUDA_ARCH_LIST=9.0 for Hopper, to build the CUDA ops on this machine)")
+    if missing is None:
+        return True, f"sencache: building the CPU and CUDA ops (CUDA {torch_cuda}, {nvcc}) for {arches} ({source})"
+    if wanted in _ON:
+        raise RuntimeError(f"SENCACHE_CUDA={requested} but the CUDA ops cannot be built: {missing}; "
+                           "unset SENCACHE_CUDA to build the CPU ops only")
+    return False, f"sencache: building the CPU ops only: {missing}"
+
+
+def _visible_gpu_archs() -> list[str]:
+    try:
+        return [".".join(map(str, torch.cuda.get_device_capability(i))) for i in range(torch.cuda.device_count())]
+    except Exception:  # no driver or no device: nothing visible
+        return []
+
+
+def _nvcc() -> str | None:
+    if CUDA_HOME is None:
+        return None
+    path = os.path.join(CUDA_HOME, "bin", "nvcc")
+    return path if os.path.isfile(path) else None
+
+
+def _use_cuda() -> tuple[bool, str]:
+    return choose_build(os.environ.get("SENCACHE_CUDA", "auto"), torch.__version__, torch.version.cuda, _nvcc(),
+                        os.environ.get("TORCH_CUDA_ARCH_LIST"), _visible_gpu_archs)
 
 
 def _link_args() -> list[str]:
@@ -57,7 +116,7 @@ def _link_args() -> list[str]:
     return [] if os.path.isabs(found) and os.path.exists(found) else ["-l:libstdc++.so.6"]
 
 
-def _extension():
+def _extension(use_cuda: bool):
     sources = _sources("csrc/sencache/*.cpp") + ["csrc/python_module.cpp"]
     # The C++ standard is left to torch.utils.cpp_extension, which passes the one torch's headers need (C++20 for
     # torch 2.13: they only warn under C++17); our sources are C++17. -g0 drops the -g of Python's CFLAGS (a faster
@@ -65,7 +124,7 @@ def _extension():
     cxx = ["-O3", "-g0", "-ffp-contract=off"]
     include_dirs = [os.path.join(ROOT, "csrc"), ROOT]  # ROOT: for "sencache_kernels/ops.def"
     link = _link_args()
-    if _use_cuda():
+    if use_cuda:
         return CUDAExtension(
             "sencache_kernels._C",
             sources + _sources("csrc/**/*.cu"),
@@ -92,20 +151,41 @@ def object_filenames(original):
     return named
 
 
+BUILD_INFO = "_build_info.json"  # next to the extension; read by sencache_kernels.build_info()
+
+
 class BuildExtensionKeepingObjectNames(BuildExtension):
-    """torch's ``BuildExtension`` with ``object_filenames`` above."""
+    """torch's ``BuildExtension`` with ``object_filenames`` above; it prints what it builds (one line) and records
+    it, with the torch it compiles against, in ``sencache_kernels/_build_info.json``."""
 
     def build_extensions(self) -> None:
+        print(BUILD_LINE, file=sys.stderr, flush=True)
         self.compiler.object_filenames = object_filenames(self.compiler.object_filenames)
         super().build_extensions()
+        record = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_ops": USE_CUDA,
+                  "message": BUILD_LINE}
+        for ext in self.extensions:
+            path = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), BUILD_INFO)
+            with open(path, "w") as f:
+                json.dump(record, f, indent=1)
+
+    def copy_extensions_to_source(self) -> None:
+        """In-place and editable builds: the build record goes next to the extension in the source tree too."""
+        super().copy_extensions_to_source()
+        build_py = self.get_finalized_command("build_py")
+        for ext in self.extensions:
+            inplace, regular = self._get_inplace_equivalent(build_py, ext)
+            self.copy_file(os.path.join(os.path.dirname(regular), BUILD_INFO),
+                           os.path.join(os.path.dirname(inplace), BUILD_INFO), level=self.verbose)
 
 
+USE_CUDA, BUILD_LINE = _use_cuda()
 setup(
     packages=find_packages(exclude=["tests", "tests.*", "benchmarks", "benchmarks.*"]),
     # The reference model's checkpoint, training record, sample grid and SenCache profile ship with the package.
     # The ops' contract (sencache_kernels/ops.def), read by the Python fallback at import.
     package_data={"sencache.reference": ["checkpoint/*"], "sencache_kernels": ["ops.def"]},
-    ext_modules=[_extension()],
+    ext_modules=[_extension(USE_CUDA)],
     cmdclass={"build_ext": BuildExtensionKeepingObjectNames},
     zip_safe=False,
 )

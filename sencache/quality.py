@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sencache.metrics import psnr, rel_l2, ssim
+from sencache.plotting import missing_matplotlib
 from sencache.quality_methods import METHODS, Pair, applied, calibrate_methods
 from sencache.quality_report import markdown_table, plot_all, render
 from sencache.records import run_stamp
@@ -242,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="do not run: redraw the table and plots from OUT/quality.json")
     parser.add_argument("--readme", default=None, help="also write the table into this README's quality block")
     args = parser.parse_args(argv)
+    if (missing := missing_matplotlib("sencache quality")) is not None:
+        parser.error(missing)
     if args.render_only:
         print(render(args.out, args.readme))
         return

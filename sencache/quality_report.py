@@ -36,10 +36,9 @@ def markdown_table(record: dict) -> str:
 
 def plot_all(record: dict, out: Path) -> None:
     """quality_vs_nfe.png, sensitivity_profile.png, output_change.png, timelines.png."""
-    import matplotlib
+    from sencache.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = record["settings"]["steps"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))

@@ -11,6 +11,7 @@
   set-conditional kernel and an IF node running a copy of ``body_graph`` to the graph being captured;
   ``has_conditional_nodes()`` says whether this build has it.
 - ``DecisionState``: the device-resident state those ops update, in registered buffers.
+- ``build_info()``: what this installation can run (the extension, its CUDA ops and conditional nodes, Triton).
 
 One stem per op in every layer: ``sencache_kernels/<op>.py`` (reference ``*_ref``, wrapper, fallback kernel and
 fake), ``csrc/sencache/<op>.*`` (C++ CPU/Meta and CUDA kernels), ``tests/test_<op>.py``, ``benchmarks/bench_<op>.py``;
@@ -19,6 +20,7 @@ written once, in ``ops.def``; ``ops.py`` registers the ops. Each op except the g
 (``*_ref``), which is also the CPU path and the test oracle. Importing this package never initialises CUDA.
 """
 
+from sencache_kernels.build_info import BuildInfo, build_info
 from sencache_kernels.commit import commit, commit_ref
 from sencache_kernels.conditional import has_conditional_nodes
 from sencache_kernels.decide import COMPUTE, NONFINITE, decide, decide_ref, decide_triton
@@ -31,7 +33,9 @@ __all__ = [
     "NONFINITE",
     "HAS_EXTENSION",
     "SCHEMAS",
+    "BuildInfo",
     "DecisionState",
+    "build_info",
     "commit",
     "commit_ref",
     "decide",

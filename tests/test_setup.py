@@ -68,3 +68,58 @@ def test_setup_object_names_keep_cpp_and_cu_apart(setup_kwargs):
     objects = names(sources, output_dir="build")
     assert len(set(objects)) == len(sources), objects
     assert os.path.join("build", "csrc", "sencache", "commit.cu.o") in objects
+
+
+def _no_gpu() -> list[str]:
+    return []
+
+
+def _must_not_probe() -> list[str]:
+    raise AssertionError("the visible GPUs were probed although the answer was already known")
+
+
+@pytest.mark.parametrize(
+    "requested, torch_cuda, nvcc, arch_list, gpus, cuda, says",
+    [
+        # the issue's machine: CUDA torch (as an isolated build installs it) and nvcc, but no GPU and no arch list
+        ("auto", "13.0", "/usr/local/bin/nvcc", None, _no_gpu, False, "no GPU is visible and TORCH_CUDA_ARCH_LIST"),
+        ("auto", "13.0", "/usr/local/bin/nvcc", "  ", _no_gpu, False, "TORCH_CUDA_ARCH_LIST=9.0"),
+        ("auto", "13.0", "/usr/local/bin/nvcc", "native", _no_gpu, False, "no GPU is visible"),
+        ("auto", None, "/usr/local/bin/nvcc", "9.0", _must_not_probe, False, "is a CPU build"),
+        ("auto", "13.0", None, "9.0", _must_not_probe, False, "nvcc was not found"),
+        ("0", "13.0", "/usr/local/cuda/bin/nvcc", "9.0", _must_not_probe, False, "SENCACHE_CUDA=0"),
+        ("auto", "13.0", "/usr/local/cuda/bin/nvcc", "9.0", _must_not_probe, True, "for 9.0 (TORCH_CUDA_ARCH_LIST)"),
+        ("1", "13.0", "/usr/local/cuda/bin/nvcc", None, lambda: ["9.0", "8.0"], True, "for 9.0;8.0 (the visible GPUs)"),
+        ("", "13.0", "/usr/local/cuda/bin/nvcc", "native", lambda: ["9.0"], True, "for 9.0 (the visible GPUs)"),
+    ],
+)
+def test_build_chooses_cuda_only_when_it_can_build_for_a_gpu(setup_kwargs, requested, torch_cuda, nvcc, arch_list,
+                                                              gpus, cuda, says):
+    choose = setup_kwargs["module"]["choose_build"]
+    use_cuda, line = choose(requested, "2.14.1", torch_cuda, nvcc, arch_list, gpus)
+    assert use_cuda is cuda
+    assert says in line and "\n" not in line
+    assert line.startswith("sencache: building the CPU and CUDA ops" if cuda else "sencache: building the CPU ops only")
+
+
+@pytest.mark.parametrize(
+    "torch_cuda, nvcc, arch_list, missing",
+    [(None, "/usr/local/bin/nvcc", "9.0", "is a CPU build"), ("13.0", None, "9.0", "nvcc was not found"),
+     ("13.0", "/usr/local/bin/nvcc", None, "no GPU is visible")],
+)
+def test_build_forced_to_cuda_says_what_is_missing(setup_kwargs, torch_cuda, nvcc, arch_list, missing):
+    choose = setup_kwargs["module"]["choose_build"]
+    with pytest.raises(RuntimeError, match=rf"SENCACHE_CUDA=1 but the CUDA ops cannot be built: .*{missing}.*unset"):
+        choose("1", "2.14.1", torch_cuda, nvcc, arch_list, _no_gpu)
+    with pytest.raises(RuntimeError, match=r"use 0 \(CPU ops only\), 1 .* or leave it unset"):
+        choose("maybe", "2.14.1", torch_cuda, nvcc, arch_list, _no_gpu)
+
+
+def test_build_on_this_machine_chooses_cpu_without_a_gpu(setup_kwargs, monkeypatch):
+    """What setup.py decides here, with its own probes (nvcc may be installed; no GPU is visible)."""
+    if sk.build_info().cuda_device:
+        pytest.skip("a GPU is visible here")
+    monkeypatch.delenv("SENCACHE_CUDA")
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    use_cuda, line = setup_kwargs["module"]["_use_cuda"]()
+    assert not use_cuda and line.startswith("sencache: building the CPU ops only: ")

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sencache.plotting import missing_matplotlib
 from sencache.records import run_stamp
 from sencache.reference.data import CONDITIONS, condition_embedding, pack, sample_clips
 from sencache.reference.judge import SAMPLES as JUDGE_SAMPLES
@@ -167,10 +168,9 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, lr: flo
 
 
 def _plot_loss(path: Path, losses: list[tuple[int, float]]) -> None:
-    import matplotlib
+    from sencache.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps, values = zip(*losses, strict=True)
     k = 10
@@ -235,8 +235,9 @@ def write_profile(out: Path, device: str = "cpu", steps: int = DEFAULTS["num_inf
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sencache.reference.train", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m sencache.reference.train") -> None:
+    """Command-line entry (``sencache train-reference`` passes its own ``prog``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR, help="output directory (default: the shipped "
                         "checkpoint, overwritten)")
     parser.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {TRAIN['steps']})")
@@ -249,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep the checkpoint in --out; only redraw its sample grid, recalibrate its profile "
                         "and judge its samples")
     args = parser.parse_args(argv)
+    if (missing := missing_matplotlib(prog)) is not None:
+        parser.error(missing)
     torch.set_num_threads(os.cpu_count() or 1)
     if args.artifacts_only:
         write_samples(args.out, device=args.device)
