@@ -5,17 +5,27 @@ each of its calls is a new denoising step, for which the clock works out whether
 index, the step's tolerance and forcing, and which decision state (one per latent signature, kept across calls) the
 decision updates. The other contexts (Wan's "uncond") follow the leader's decision. The clock also keeps the
 statistics of the last calls, on the device until they are asked for.
+
+Where a step sits comes from the call in flight, never from state captured at apply time, in this order: the
+``step_index`` / ``num_inference_steps`` of the cache context (``transformer.cache_context(name, step_index=i,
+num_inference_steps=n)``); else the timestep itself when it is a view of one entry of a 1-D schedule (what the
+pipelines pass, ``timesteps[i].expand(B)``: its base is the schedule of the call in flight, its offset the step);
+else counting calls against the step count of the pipeline in flight or of the config. A second call of a context
+within one step (an integrator's loop calling the transformer again at the same latent and timestep with other
+inputs) is a context of its own, ``name#k``, that follows the step's decision with its own residual.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from sencache import plumbing
 from sencache.config import SenCacheConfig
 from sencache.stats import StatsRecorder
 from sencache_kernels import DecisionState
@@ -37,6 +47,16 @@ class Step:
     forced: bool
     state: DecisionState
     threshold: float  # eps * sqrt(elements per sample), as the decision compares the scores with it
+
+
+def view_entry(t: Any) -> tuple[torch.Tensor | None, int | None]:
+    """``(schedule, index)`` when ``t`` is a view of one entry of a 1-D tensor (a scalar entry, or one entry
+    broadcast per sample), else ``(None, None)``."""
+    root = getattr(t, "_base", None)
+    if root is None or root.dim() != 1 or (t.numel() != 1 and any(t.stride())):
+        return None, None
+    k, r = divmod(t.data_ptr() - root.data_ptr(), root.stride(0) * root.element_size())
+    return (root, k) if r == 0 and 0 <= k < len(root) and root.stride(0) > 0 else (None, None)
 
 
 class _Schedule:
@@ -74,13 +94,14 @@ class StepClock:
 
     Args:
         config: the SenCache configuration (tolerances, forced steps, the step count of a bare transformer).
-        scheduler: the pipeline's scheduler (its ``timesteps`` tell the step count and a new call), or None.
+        pipeline: the pipeline SenCache was applied to (kept weakly; its scheduler is read when a call needs it), or
+            None.
         force_first, force_last: steps computed at the start and the end whatever the score.
     """
 
-    def __init__(self, config: SenCacheConfig, scheduler: Any | None, force_first: int, force_last: int) -> None:
+    def __init__(self, config: SenCacheConfig, pipeline: Any | None, force_first: int, force_last: int) -> None:
         self.config = config
-        self.scheduler = scheduler
+        self.applied_to = None if pipeline is None else weakref.ref(pipeline)
         self.force_first, self.force_last = force_first, force_last
         self.call = 0  # counts pipeline calls: a residual is valid only within the call that made it
         self.history: list[StatsRecorder] = []
@@ -99,42 +120,84 @@ class StepClock:
         self.dtype: torch.dtype | None = None
         self.device: torch.device | None = None
         self.signature: tuple | None = None  # (shape, dtype, device, steps) of the running call
-        self.timesteps_obj: Any = None
+        self.timesteps_obj: Any = None  # the running call's scheduler.timesteps, when its timestep is no view
+        self.root: torch.Tensor | None = None  # the schedule the running call's timesteps are views of
+        self.pipeline: Any = None  # the pipeline running the call, found when it began (weakly), or None
+        self.last: tuple = ()  # the leading call's latent and timestep, and their versions: a repeat has the same
+        self.calls: dict[str, int] = {}  # calls per context in the current step
         self.compute = True  # the last decision, where it was read on the host (eager mode)
         self.flag: torch.Tensor | None = None  # a copy of the last decision flag, where it stays on the device
         self.warned_nonfinite = False
         self.recorder: StatsRecorder | None = None
         self.schedule: _Schedule | None = None
 
-    def leads(self, name: str) -> bool:
-        """Whether a call of context ``name`` is a new step (the leading context, or the first call after a reset)."""
-        return self.leader is None or name == self.leader
+    def enter(self, module: torch.nn.Module, name: str, x: torch.Tensor, t: Any, step_index: int | None,
+              ctx_steps: int | None) -> tuple[str, Step | None]:
+        """A call of context ``name`` with latent ``x`` at timestep ``t``: the context it runs as, and the step it
+        starts (None for a call that follows the step's decision: another context, or a repeat within the step)."""
+        if self.leader is not None and name != self.leader:
+            return self._follow(name), None
+        root, k = view_entry(t)
+        known = ctx_steps or self.config.num_inference_steps
+        if root is not None and known and len(root) != known:  # a view of some other table, not the schedule
+            root = k = None
+        index = step_index if step_index is not None else k
+        if self.leader is not None and self._repeats(x, t, index, root):
+            return self._follow(name), None
+        self.calls = {name: 1}
+        return name, self.tick(module, name, x, t, index, ctx_steps, root)
 
-    def tick(self, name: str, x: torch.Tensor, t: Any, step_index: int | None, ctx_steps: int | None) -> Step:
-        """Start the step of the leading context's call with latent ``x`` at timestep ``t``."""
-        num_steps = int(ctx_steps) if ctx_steps else self._num_steps()
-        timesteps_obj = getattr(self.scheduler, "timesteps", None)
-        if (self.leader is None or self.step + 1 >= self.num_steps or x.shape != self.shape or x.dtype != self.dtype
-                or num_steps != self.num_steps or (step_index is not None and step_index <= self.step)
-                or (timesteps_obj is not None and timesteps_obj is not self.timesteps_obj) or x.device != self.device):
-            per_sample_timestep(t, x)  # validates before any state changes
-            self._start_call(name, x, num_steps, timesteps_obj)
-            ts = timesteps_obj
-            if isinstance(ts, torch.Tensor) and not ts.is_inference() and ts.device == x.device:
-                self.schedule = _Schedule(ts, x.shape[0], self.config)  # once per call, for this call's latent
+    def tick(self, module: torch.nn.Module, name: str, x: torch.Tensor, t: Any, index: int | None,
+             ctx_steps: int | None, root: torch.Tensor | None) -> Step:
+        """Start the step of the leading context's call (``index``: the step, where the call tells it)."""
+        if (self.leader is None or x.shape != self.shape or x.dtype != self.dtype or x.device != self.device
+                or (ctx_steps and ctx_steps != self.num_steps) or (root is not None and root is not self.root)
+                or (index is not None and (index <= self.step or index >= self.num_steps))
+                or (index is None and (self.step + 1 >= self.num_steps or self._timesteps() is not self.timesteps_obj))):
+            tb = per_sample_timestep(t, x)  # validates before any state changes
+            pipeline = plumbing.pipeline_in_flight(module)
+            scheduler = getattr(pipeline, "scheduler", None)
+            num_steps = ctx_steps or (len(root) if root is not None else self._num_steps(scheduler))
+            self.config.profile.check_scheduler(scheduler)
+            if index is not None and index >= num_steps:
+                raise ValueError(f"SenCache: step index {index} of a generation of {num_steps} steps")
+            self._start_call(name, x, int(num_steps), root, pipeline)
+            if root is not None and not root.is_inference() and root.device == x.device:
+                self.schedule = _Schedule(root, x.shape[0], self.config)  # once per call, for this call's latent
+        else:
+            tb = None
         row = self.schedule.row(t, x) if self.schedule is not None else None
-        # a copy off the table: the statistics keep it, and it may be a view of the caller's t
-        tb = per_sample_timestep(t, x).clone() if row is None else row[0]
-        self.step = step = self.step + 1 if step_index is None else int(step_index)
-        cfg = self.config
+        if row is None:  # a copy off the table: the statistics keep it, and it may be a view of the caller's t
+            tb = (per_sample_timestep(t, x) if tb is None else tb).clone()
+        else:
+            tb = row[0]
+        self.step = step = self.step + 1 if index is None else int(index)
+        self.last = (x, _version(x), t, _version(t))
+        cfg, num_steps = self.config, self.num_steps
         jx, jt = cfg.profile.lookup(tb, cfg.interpolation) if row is None else row[1:]
         eps = cfg.tolerance(step, num_steps)
         forced = step < self.force_first or step >= num_steps - self.force_last
         return Step(step, x, tb, jx, jt, eps, forced, self.state, eps * self.root_n)
 
-    def _start_call(self, leader: str, x: torch.Tensor, num_steps: int, timesteps_obj: Any) -> None:
+    def _follow(self, name: str) -> str:
+        """The context a following call runs as: ``name``, or ``name#k`` for its k-th repeat within the step."""
+        k = self.calls.get(name, 0)
+        self.calls[name] = k + 1
+        return name if k == 0 else f"{name}#{k}"
+
+    def _repeats(self, x: torch.Tensor, t: Any, index: int | None, root: torch.Tensor | None) -> bool:
+        """Whether a leading call is the current step again (same step, same latent) rather than the next step."""
+        lx, lxv, lt, ltv = self.last
+        if index is not None:  # the call tells its step
+            return index == self.step and (root is None or root is self.root) and _same(x, lx, lxv)
+        return _same(t, lt, ltv) and _same(x, lx, lxv)
+
+    def _start_call(self, leader: str, x: torch.Tensor, num_steps: int, root: torch.Tensor | None,
+                    pipeline: Any) -> None:
         self.reset()
-        self.leader, self.num_steps, self.timesteps_obj = leader, num_steps, timesteps_obj
+        self.leader, self.num_steps, self.root = leader, num_steps, root
+        self.pipeline = None if pipeline is None else weakref.ref(pipeline)
+        self.timesteps_obj = self._timesteps()
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
         self.root_n = math.sqrt(math.prod(x.shape[1:]))  # sqrt(elements per sample) of the call's latent
         key = (tuple(x.shape), x.dtype, x.device)  # a call keeps one latent shape, dtype and device: its state
@@ -155,14 +218,21 @@ class StepClock:
                 self.states.popitem(last=False)
         return state
 
-    def _num_steps(self) -> int:
-        ts = getattr(self.scheduler, "timesteps", None)
+    def _timesteps(self) -> Any:
+        """The ``scheduler.timesteps`` of the pipeline running the call (a new object in every pipeline call)."""
+        pipeline = self.pipeline() if self.pipeline is not None else None
+        return getattr(getattr(pipeline, "scheduler", None), "timesteps", None)
+
+    def _num_steps(self, scheduler: Any | None) -> int:
+        ts = getattr(scheduler, "timesteps", None)
         if ts is not None:
             return len(ts)
         if self.config.num_inference_steps is not None:
             return self.config.num_inference_steps
-        raise ValueError("SenCache does not know the number of denoising steps: apply it to the pipeline "
-                         "(sencache.apply_sencache(pipe, config)) or set SenCacheConfig(num_inference_steps=...)")
+        where = "outside a pipeline call" if self.applied_to is not None else "on a bare transformer"
+        raise ValueError(f"SenCache does not know the number of denoising steps of this call ({where}): call the "
+                         "transformer within transformer.cache_context(name, step_index=i, num_inference_steps=n), "
+                         "set SenCacheConfig(num_inference_steps=...), or apply SenCache to the pipeline")
 
     # ------------------------------------------------------------------------------------------------ statistics
     def record(self, step: Step, computed: bool | torch.Tensor, score: torch.Tensor | None = None) -> None:
@@ -182,6 +252,23 @@ class StepClock:
         """One context's call: whether it ran the block stack (a bool, or the step's flag snapshot)."""
         if self.recorder is not None:
             self.recorder.count_stack_call(computed)
+
+def _version(v: Any) -> int | None:
+    return v._version if isinstance(v, torch.Tensor) and not v.is_inference() else None
+
+
+def _same(a: Any, b: Any, b_version: int | None) -> bool:
+    """Whether ``a`` holds the values ``b`` held when its version was ``b_version`` (a tensor's values are compared
+    only where the identity does not tell: one host read on a device)."""
+    if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+        return a == b
+    if isinstance(b, torch.Tensor) and _version(b) != b_version:  # changed in place since
+        return False
+    if a is b:
+        return True
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
 
 def per_sample_timestep(t: Any, x: torch.Tensor) -> torch.Tensor:
     """The timestep as float32 ``[B]`` on the latent's device (one value per sample)."""

@@ -9,6 +9,7 @@ stack asks it for the stack's output. ``auto`` tries its executors in order and 
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from typing import Any
 
@@ -30,12 +31,20 @@ logger = logging.getLogger("sencache")
 __all__ = ["MODES", "SenCacheHook", "apply_sencache", "get_stats", "remove_sencache"]
 
 
+class Lane:
+    """One thread's pipeline calls on the transformer: their step clock and each context's cache."""
+
+    def __init__(self, clock: StepClock) -> None:
+        self.clock = clock
+        self.contexts: dict[str, Context] = {}
+
+
 class SenCacheHook(ModelHook):
     """Transformer-level hook: one transformer call of a denoising step (see the module docstring)."""
 
     _is_stateful = True
 
-    def __init__(self, config: SenCacheConfig, adapter: Adapter, scheduler: Any | None, stack: BlockStack,
+    def __init__(self, config: SenCacheConfig, adapter: Adapter, pipeline: Any | None, stack: BlockStack,
                  mode: str = "eager", compile_options: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.config = config
@@ -47,14 +56,34 @@ class SenCacheHook(ModelHook):
         force_first = max(1, adapter.force_first_steps if config.force_first_steps is None
                           else config.force_first_steps)
         force_last = adapter.force_last_steps if config.force_last_steps is None else config.force_last_steps
-        self.clock = StepClock(config, scheduler, force_first, force_last)
-        self.contexts: dict[str, Context] = {}
+        self.new_clock = lambda: StepClock(config, pipeline, force_first, force_last)
+        # Per thread: its pipeline calls (a Lane). One transformer call at a time holds the lock: the block stack's
+        # hooks and the executors serve the call in flight, whose lane is ``self.lane``.
+        self.lock = threading.RLock()
+        self.local = threading.local()
+        self.lane = self.latest = self.own_lane()
         self.chain: list[Executor] | None = None  # the executors to try, resolved on the first call
 
     @property
     def mode(self) -> str:
         """The mode in use: the requested one until the first call resolves it; changes on a fallback."""
         return self.requested_mode if self.chain is None else self.chain[0].name
+
+    @property
+    def clock(self) -> StepClock:
+        """The step clock of the call in flight (between calls: the latest call's)."""
+        return self.lane.clock
+
+    @property
+    def contexts(self) -> dict[str, Context]:
+        return self.lane.contexts
+
+    def own_lane(self) -> Lane:
+        """This thread's lane (made on its first call)."""
+        lane = getattr(self.local, "lane", None)
+        if lane is None:
+            lane = self.local.lane = Lane(self.new_clock())
+        return lane
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
         self.args = plumbing.Args(type(module).forward, self.adapter.latent_arg, self.adapter.timestep_arg)
@@ -64,42 +93,39 @@ class SenCacheHook(ModelHook):
         return self.args.get(args, kwargs, self.adapter.latent_arg)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        """Called by diffusers at the end of every pipeline call: the next call starts from nothing."""
-        self.clock.reset()
-        if self.chain is not None:
-            self.chain[0].end_call(self.contexts)
-        self.state_manager.reset()
+        """Called by diffusers at the end of every pipeline call: this thread's next call starts from nothing."""
+        with self.lock:
+            lane = self.own_lane()
+            lane.clock.reset()
+            if self.chain is not None:
+                self.chain[0].end_call(lane.contexts)
+            self.state_manager.reset()
         return module
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         ctx = plumbing.current_context(self.state_manager)
-        if ctx is None:  # called outside cache_context: one implicit context
-            plumbing.set_context(self.state_manager, "default")
-            try:
-                return self.new_forward(module, *args, **kwargs)
-            finally:
-                plumbing.set_context(self.state_manager, None)
-        name, step_index, ctx_steps = ctx
+        name, step_index, ctx_steps = ("default", None, None) if ctx is None else ctx  # outside cache_context
         x = self.args.get(args, kwargs, self.adapter.latent_arg)
         t = self.args.get(args, kwargs, self.adapter.timestep_arg)
         if not isinstance(x, torch.Tensor) or t is None:
             raise ValueError(f"SenCache: the transformer was called without `{self.adapter.latent_arg}` or "
                              f"`{self.adapter.timestep_arg}`")
-        clock = self.clock
-        step = clock.tick(name, x, t, step_index, ctx_steps) if clock.leads(name) else None
-        if self.chain is None:
-            self.chain = build_chain(self, self.requested_mode, x, self.compile_options)
-        ctx = self.contexts.get(name)
-        if ctx is None:
-            ctx = self.contexts[name] = Context()
-        while True:
-            try:
-                return self.chain[0](ctx, step, args, kwargs)
-            except Unavailable as exc:
-                if len(self.chain) == 1:
-                    raise
-                self.chain.pop(0)
-                self.fall_back(str(exc), self.chain[0].name)
+        with self.lock:
+            lane = self.lane = self.latest = self.own_lane()
+            name, step = lane.clock.enter(module, name, x, t, step_index, ctx_steps)
+            if self.chain is None:
+                self.chain = build_chain(self, self.requested_mode, x, self.compile_options)
+            ctx = lane.contexts.get(name)
+            if ctx is None:
+                ctx = lane.contexts[name] = Context()
+            while True:
+                try:
+                    return self.chain[0](ctx, step, args, kwargs)
+                except Unavailable as exc:
+                    if len(self.chain) == 1:
+                        raise
+                    self.chain.pop(0)
+                    self.fall_back(str(exc), self.chain[0].name)
 
     def fall_back(self, reason: str, to: str) -> None:
         """Say why the mode changes to ``to``: a log record under ``mode="auto"``, else one warning."""
@@ -155,7 +181,8 @@ def apply_sencache(target: Any, config: SenCacheConfig, mode: str = "eager",
     if _hook(transformer) is not None:
         remove_sencache(transformer)
     stack = BlockStack(adapter.block_list(transformer), adapter.blocks_update_encoder, _BLOCK_HOOK)
-    hook = SenCacheHook(config, adapter, scheduler, stack, mode, compile_options)
+    pipeline = None if target is transformer else target
+    hook = SenCacheHook(config, adapter, pipeline, stack, mode, compile_options)
     plumbing.registry(transformer).register_hook(hook, _HOOK)
     stack.attach()
     plumbing.invalidate(transformer)
@@ -173,7 +200,8 @@ def remove_sencache(target: Any) -> None:
 
 
 def get_stats(target: Any, call: int = -1) -> CallStats:
-    """Statistics of one pipeline call (the latest by default; ``call`` indexes the kept history).
+    """Statistics of one pipeline call (the latest by default; ``call`` indexes the kept history): the calling
+    thread's calls, or where it made none, those of the thread that called the transformer last.
 
     Args:
         target: the pipeline or transformer SenCache was applied to.
@@ -183,7 +211,8 @@ def get_stats(target: Any, call: int = -1) -> CallStats:
     hook = _hook(transformer)
     if hook is None:
         raise ValueError("SenCache is not applied to this pipeline/transformer; call sencache.apply_sencache first")
-    history = hook.clock.history
+    lane = getattr(hook.local, "lane", None)  # this thread's calls, else the latest thread's
+    history = (lane if lane is not None and lane.clock.history else hook.latest).clock.history
     if not history:
         raise ValueError("no pipeline call has run with SenCache yet")
     return history[call].materialize()

@@ -4,6 +4,8 @@ registries, and the transformer (and scheduler) behind a pipeline."""
 from __future__ import annotations
 
 import inspect
+import sys
+import threading
 from typing import Any
 
 import torch
@@ -43,6 +45,23 @@ class Args:
         return tuple(args), kwargs
 
 
+class _ThreadContext(StateManager):
+    """A ``StateManager`` whose context (what ``cache_context`` sets) is per thread: two threads calling one
+    transformer each see their own."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        super().__init__(NoState)
+
+    @property
+    def _context(self) -> Any:
+        return getattr(self._local, "context", None)
+
+    @_context.setter
+    def _context(self, value: Any) -> None:
+        self._local.context = value
+
+
 class NoState(BaseState):
     """The per-context state of a hook that keeps its own: diffusers' ``StateManager`` then only tells the context."""
 
@@ -51,8 +70,9 @@ class NoState(BaseState):
 
 
 def context_manager() -> StateManager:
-    """A ``StateManager`` for a stateful hook: diffusers' ``cache_context`` sets the current context on it."""
-    return StateManager(NoState)
+    """A ``StateManager`` for a stateful hook: diffusers' ``cache_context`` sets the current context on it (one per
+    thread)."""
+    return _ThreadContext()
 
 
 def current_context(manager: StateManager) -> tuple[str, int | None, int | None] | None:
@@ -68,6 +88,21 @@ def current_context(manager: StateManager) -> tuple[str, int | None, int | None]
 def set_context(manager: StateManager, name: str | None) -> None:
     """Set (or clear, with None) the context of ``manager`` as ``cache_context`` would."""
     manager.set_context(CacheContext(name) if (CacheContext is not None and name is not None) else name)
+
+
+def pipeline_in_flight(module: torch.nn.Module, depth: int = 32) -> Any | None:
+    """The pipeline whose call is running ``module`` now: the nearest caller whose ``self`` holds ``module`` as a
+    component (``transformer``, ``transformer_2``), or None (an integrator's own loop). Read once per pipeline call."""
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
+        if owner is not None and not isinstance(owner, torch.nn.Module) and hasattr(owner, "scheduler") and any(
+                getattr(owner, name, None) is module for name in ("transformer", "transformer_2")):
+            return owner
+        frame = frame.f_back
+    return None
 
 
 def split(target: Any) -> tuple[torch.nn.Module, Any | None]:

@@ -26,10 +26,10 @@ def test_rows_of_the_schedule_decide_like_a_lookup(arch, pipes):
     rows = []
     original_tick = hook.clock.tick
 
-    def tick(name, x, t, *rest):
+    def tick(module, name, x, t, *rest):
         schedule = hook.clock.schedule
         rows.append(schedule is not None and schedule.row(t, x) is not None)
-        return original_tick(name, x, t, *rest)
+        return original_tick(module, name, x, t, *rest)
 
     hook.clock.tick = tick
     via_rows = run(pipe, arch)
