@@ -73,7 +73,7 @@ class _Schedule:
         tf = timesteps.to(torch.float32)
         jx, jt = config.profile.lookup(tf, config.interpolation)
         table = torch.stack([tf, jx, jt]).unsqueeze(-1).expand(3, len(tf), b).contiguous()
-        self.rows = list(zip(*(column.unbind(0) for column in table.unbind(0))))  # four ops for the whole table
+        self.rows = list(zip(*(c.unbind(0) for c in table.unbind(0)), strict=True))  # four ops for the whole table
         self.base, self.step = timesteps.data_ptr(), timesteps.stride(0) * timesteps.element_size()
 
     def row(self, t: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
@@ -153,7 +153,8 @@ class StepClock:
         if (self.leader is None or x.shape != self.shape or x.dtype != self.dtype or x.device != self.device
                 or (ctx_steps and ctx_steps != self.num_steps) or (root is not None and root is not self.root)
                 or (index is not None and (index <= self.step or index >= self.num_steps))
-                or (index is None and (self.step + 1 >= self.num_steps or self._timesteps() is not self.timesteps_obj))):
+                or (index is None and (self.step + 1 >= self.num_steps
+                                       or self._timesteps() is not self.timesteps_obj))):
             tb = per_sample_timestep(t, x)  # validates before any state changes
             pipeline = plumbing.pipeline_in_flight(module)
             scheduler = getattr(pipeline, "scheduler", None)

@@ -155,6 +155,11 @@ class SensitivityProfile:
                 "may not fit this model. Recalibrate with sencache.calibrate(pipe, ...) if quality drops.",
                 stacklevel=3,
             )
+        self.check_scheduler(scheduler)
+
+    def check_scheduler(self, scheduler: Any | None) -> None:
+        """Raise ValueError if this profile was calibrated with another scheduler class than ``scheduler`` (the one
+        a pipeline uses now; None: unknown, nothing to check)."""
         want_sched = self.metadata.get("scheduler_class")
         if scheduler is not None and want_sched is not None and want_sched != type(scheduler).__name__:
             raise ValueError(
