@@ -10,9 +10,9 @@ Each method runs in its own process under ``valgrind --tool=cachegrind --cache-s
 directly for ``N`` steps. Two runs with ``N = short`` and ``N = long`` steps give the per-step count as
 ``(I(long) - I(short)) / (long - short)``, which cancels start-up and set-up. A plain run of every worker comes
 first: a module compiled to bytecode during one of the two counted runs (a source changed since the last run) would
-add its compilation to that run alone, an error of up to 10^5 instructions per step. Methods: uncached, SenCache eager at
-``eps=0`` (flat profile, never skips), diffusers' FirstBlockCache at threshold 0 and MagCache with ratios that never
-skip. ``--worker METHOD STEPS`` is the process that valgrind runs.
+add its compilation to that run alone, an error of up to 10^5 instructions per step. Methods: uncached, SenCache
+eager at ``eps=0`` (flat profile, never skips), diffusers' FirstBlockCache at threshold 0 and MagCache with ratios
+that never skip. ``--worker METHOD STEPS`` is the process that valgrind runs.
 """
 
 from __future__ import annotations
