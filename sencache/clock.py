@@ -125,6 +125,7 @@ class StepClock:
         self.pipeline: Any = None  # the pipeline running the call, found when it began (weakly), or None
         self.last: tuple = ()  # the leading call's latent and timestep, and their versions: a repeat has the same
         self.calls: dict[str, int] = {}  # calls per context in the current step
+        self.seen: set[str] = set()  # the contexts of the running call
         self.compute = True  # the last decision, where it was read on the host (eager mode)
         self.flag: torch.Tensor | None = None  # a copy of the last decision flag, where it stays on the device
         self.warned_nonfinite = False
@@ -135,22 +136,25 @@ class StepClock:
               ctx_steps: int | None) -> tuple[str, Step | None]:
         """A call of context ``name`` with latent ``x`` at timestep ``t``: the context it runs as, and the step it
         starts (None for a call that follows the step's decision: another context, or a repeat within the step)."""
-        if self.leader is not None and name != self.leader:
-            return self._follow(name), None
         root, k = view_entry(t)
         known = ctx_steps or self.config.num_inference_steps
         if root is not None and known and len(root) != known:  # a view of some other table, not the schedule
             root = k = None
         index = step_index if step_index is not None else k
-        if self.leader is not None and self._repeats(x, t, index, root):
-            return self._follow(name), None
-        self.calls = {name: 1}
-        return name, self.tick(module, name, x, t, index, ctx_steps, root)
+        if self.leader is not None:
+            if name != self.leader and not self._begins_call(name, index, root):
+                return self._follow(name), None
+            if name == self.leader and self._repeats(x, t, index, root):
+                return self._follow(name), None
+        step = self.tick(module, name, x, t, index, ctx_steps, root)
+        self.calls = {name: 1}  # after the tick, which resets it when a new pipeline call begins
+        self.seen.add(name)
+        return name, step
 
     def tick(self, module: torch.nn.Module, name: str, x: torch.Tensor, t: Any, index: int | None,
              ctx_steps: int | None, root: torch.Tensor | None) -> Step:
         """Start the step of the leading context's call (``index``: the step, where the call tells it)."""
-        if (self.leader is None or x.shape != self.shape or x.dtype != self.dtype or x.device != self.device
+        if (self.leader != name or x.shape != self.shape or x.dtype != self.dtype or x.device != self.device
                 or (ctx_steps and ctx_steps != self.num_steps) or (root is not None and root is not self.root)
                 or (index is not None and (index <= self.step or index >= self.num_steps))
                 or (index is None and (self.step + 1 >= self.num_steps
@@ -182,9 +186,18 @@ class StepClock:
 
     def _follow(self, name: str) -> str:
         """The context a following call runs as: ``name``, or ``name#k`` for its k-th repeat within the step."""
+        self.seen.add(name)
         k = self.calls.get(name, 0)
         self.calls[name] = k + 1
         return name if k == 0 else f"{name}#{k}"
+
+    def _begins_call(self, name: str, index: int | None, root: torch.Tensor | None) -> bool:
+        """Whether a call of a context other than the leader's begins a new pipeline call (else it follows)."""
+        if root is not None and root is not self.root:  # another call's schedule
+            return True
+        if index is not None:
+            return index < self.step
+        return 1 < self.num_steps <= self.step + 1 and name not in self.seen  # after the last step, a new context
 
     def _repeats(self, x: torch.Tensor, t: Any, index: int | None, root: torch.Tensor | None) -> bool:
         """Whether a leading call is the current step again (same step, same latent) rather than the next step."""
