@@ -76,17 +76,18 @@ class _Schedule:
         self.rows = list(zip(*(c.unbind(0) for c in table.unbind(0)), strict=True))  # four ops for the whole table
         self.base, self.step = timesteps.data_ptr(), timesteps.stride(0) * timesteps.element_size()
 
-    def row(self, t: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-        """``(t, Jx, Jt)`` per sample when ``t`` is a view of one entry, else None. (A view shares the memory, so the
-        device, of ``timesteps``, which the clock checked against the latent's once per call.)"""
+    def row(self, t: Any, x: torch.Tensor, entry: tuple | None = None) -> tuple[torch.Tensor, ...] | None:
+        """``(t, Jx, Jt)`` per sample when ``t`` is a view of one entry (``entry``: ``view_entry(t)`` where known),
+        else None. (A view shares the memory, so the device, of ``timesteps``, which the clock checked against the
+        latent's once per call.)"""
+        if entry is None:
+            entry = view_entry(t) if isinstance(t, torch.Tensor) else (None, None)
+        root, k = entry
         ts = self.timesteps
-        if (not isinstance(t, torch.Tensor) or t._base is not self.root or t.dtype != ts.dtype
-                or ts._version != self.version or x.shape[0] != self.b):
+        if (root is not self.root or t.dtype != ts.dtype or ts._version != self.version or x.shape[0] != self.b
+                or (t.numel() != 1 and t.shape[0] != self.b)):  # another batch size: the lookup path raises there
             return None
-        if t.numel() != 1 and (t.shape[0] != self.b or any(t.stride())):  # not one entry broadcast per sample
-            return None
-        k, r = divmod(t.data_ptr() - self.base, self.step)
-        return self.rows[k] if r == 0 and 0 <= k < len(self.rows) else None
+        return self.rows[k]
 
 
 class StepClock:
@@ -146,14 +147,16 @@ class StepClock:
                 return self._follow(name), None
             if name == self.leader and self._repeats(x, t, index, root):
                 return self._follow(name), None
-        step = self.tick(module, name, x, t, index, ctx_steps, root)
+        step = self.tick(module, name, x, t, index, ctx_steps, (root, k))
         self.calls = {name: 1}  # after the tick, which resets it when a new pipeline call begins
         self.seen.add(name)
         return name, step
 
     def tick(self, module: torch.nn.Module, name: str, x: torch.Tensor, t: Any, index: int | None,
-             ctx_steps: int | None, root: torch.Tensor | None) -> Step:
-        """Start the step of the leading context's call (``index``: the step, where the call tells it)."""
+             ctx_steps: int | None, entry: tuple) -> Step:
+        """Start the step of the leading context's call (``index``: the step, where the call tells it; ``entry``:
+        ``view_entry(t)``, or ``(None, None)`` where ``t`` is no view of the schedule)."""
+        root = entry[0]
         if (self.leader != name or x.shape != self.shape or x.dtype != self.dtype or x.device != self.device
                 or (ctx_steps and ctx_steps != self.num_steps) or (root is not None and root is not self.root)
                 or (index is not None and (index <= self.step or index >= self.num_steps))
@@ -171,7 +174,7 @@ class StepClock:
                 self.schedule = _Schedule(root, x.shape[0], self.config)  # once per call, for this call's latent
         else:
             tb = None
-        row = self.schedule.row(t, x) if self.schedule is not None else None
+        row = self.schedule.row(t, x, entry) if self.schedule is not None else None
         if row is None:  # a copy off the table: the statistics keep it, and it may be a view of the caller's t
             tb = (per_sample_timestep(t, x) if tb is None else tb).clone()
         else:
