@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        show(args.profile)
+        try:
+            show(args.profile)
+        except (OSError, ValueError) as exc:  # a missing, unreadable or malformed profile: one line, status 2
+            parser.exit(2, f"sencache show: {' '.join(str(exc).split())}\n")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +16,56 @@ import torch
 
 PROFILE_FORMAT = 1
 INTERPOLATIONS = ("linear", "nearest")
+# A profile covers a scheduler's timestep range when at most this fraction of the range lies outside its table. A
+# profile ends a little inside the full range (50 steps: CogVideoX's DDIM [19, 999] of [0, 999], 2%; Wan's flow matching
+# with shift 7, [47, 1000] of [7, 1000], 4%), where the lookup holds its end values; one in other units ([0, 1] for
+# [0, 1000]) or made for another part of the schedule leaves most of the range out.
+COVERAGE_SLACK = 0.25
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+# The metadata fields the runtime reads, and what each must be when present (a saved profile must name its class).
+_FIELDS = {
+    "transformer_class": (lambda v: isinstance(v, str) and v != "", "a non-empty string (the transformer's class)"),
+    "transformer_config_hash": (lambda v: isinstance(v, str), "a string"),
+    "scheduler_class": (lambda v: isinstance(v, str) and v != "", "a non-empty string (the scheduler's class)"),
+    "scheduler_config": (lambda v: isinstance(v, Mapping), "a JSON object"),
+    "num_inference_steps": (_positive_int, "an integer >= 1"),
+    "num_samples": (_positive_int, "an integer >= 1"),
+}
+
+
+def check_metadata(metadata: Any, require_class: bool = False) -> dict:
+    """``metadata`` as a dict, after checking the fields the runtime reads; ValueError naming the field otherwise.
+
+    Args:
+        metadata: a profile's metadata (a JSON object once saved).
+        require_class: also refuse a missing ``transformer_class`` (a saved or applied profile must name it).
+    """
+    if not isinstance(metadata, Mapping):
+        raise ValueError(f"metadata must be a JSON object (a dict), got {type(metadata).__name__}")
+    for name, (ok, what) in _FIELDS.items():
+        if name in metadata and not ok(metadata[name]):
+            raise ValueError(f"metadata field {name!r} must be {what}, got {_short(metadata[name])}")
+    if require_class and "transformer_class" not in metadata:
+        raise ValueError("metadata field 'transformer_class' (the transformer it was calibrated for) is missing")
+    return dict(metadata)
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _table(name: str, v: Any) -> torch.Tensor:
+    """``v`` as a float64 CPU tensor; complex or boolean values are refused."""
+    t = torch.as_tensor(v)
+    if t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"SensitivityProfile: {name} must hold real numbers, got {t.dtype}")
+    return t.detach().to(device="cpu", dtype=torch.float64)
 
 
 def config_hash(config: Any) -> str:
@@ -61,9 +114,7 @@ class SensitivityProfile:
     jt_samples: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.timesteps = torch.as_tensor(self.timesteps, dtype=torch.float64).detach().cpu()
-        self.jx = torch.as_tensor(self.jx, dtype=torch.float64).detach().cpu()
-        self.jt = torch.as_tensor(self.jt, dtype=torch.float64).detach().cpu()
+        self.timesteps, self.jx, self.jt = (_table(k, getattr(self, k)) for k in ("timesteps", "jx", "jt"))
         n = self.timesteps.numel()
         if self.timesteps.dim() != 1 or n < 1:
             raise ValueError(
@@ -84,11 +135,17 @@ class SensitivityProfile:
         for name in ("jx_samples", "jt_samples"):
             v = getattr(self, name)
             if v is not None:
-                v = torch.as_tensor(v, dtype=torch.float64).detach().cpu()
+                v = _table(name, v)
                 if v.dim() != 2 or v.shape[1] != n:
                     raise ValueError(f"SensitivityProfile: {name} must be [num_samples, {n}], got {tuple(v.shape)}")
+                if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
+                    raise ValueError(f"SensitivityProfile: {name} must be finite and >= 0; recalibrate the profile")
                 setattr(self, name, v)
-        self.metadata = dict(self.metadata)
+        try:
+            self.metadata = check_metadata(self.metadata)
+        except ValueError as exc:
+            raise ValueError(f"SensitivityProfile: {exc}") from None
+        self._warned_ranges: set[tuple[float, float]] = set()  # check_range warns once per range
         # Ascending tables for lookup, and per-device float32 copies made on first use.
         self._sorted = (sorted_t, self.jx[order], self.jt[order])
         self._device_tables: dict[torch.device, tuple[torch.Tensor, ...]] = {}
@@ -101,7 +158,8 @@ class SensitivityProfile:
         """``(Jx(t), Jt(t))`` as float32 tensors on ``t``'s device, with no host synchronisation.
 
         Between the neighbouring table entries ``lo < hi``: ``w = clamp((t - t_lo) / (t_hi - t_lo), 0, 1)`` and
-        ``J(t) = J_lo + w * (J_hi - J_lo)`` in float32 (``w`` rounded to 0 or 1 for ``"nearest"``).
+        ``J(t) = J_lo + w * (J_hi - J_lo)`` in float32 (``w`` rounded to 0 or 1 for ``"nearest"``; a tie, ``t``
+        half-way between two entries, takes the larger timestep, as the authors' reference code does).
 
         Args:
             t: timesteps, any shape (float or integer); values outside the table are clamped to its ends.
@@ -117,7 +175,7 @@ class SensitivityProfile:
         g = table[:, torch.searchsorted(ts, tq.contiguous()).clamp_(1, ts.numel() - 1)]
         w = ((tq - g[0]) / g[1]).clamp_(0.0, 1.0)
         if interpolation == "nearest":
-            w = (w > 0.5).to(torch.float32)
+            w = (w >= 0.5).to(torch.float32)  # ties to t_hi, the larger timestep
         j = g[2:4] + w * g[4:6]
         return j[0], j[1]
 
@@ -142,9 +200,14 @@ class SensitivityProfile:
 
         A different config of the same transformer class (another size) only warns: the curves may still be close.
         """
-        want = self.metadata.get("transformer_class")
+        try:
+            want = check_metadata(self.metadata, require_class=True)["transformer_class"]
+        except ValueError as exc:
+            raise ValueError(f"this profile cannot be applied: {exc}; make profiles with sencache.calibrate(pipe, "
+                             "...), or give metadata={'transformer_class': type(pipe.transformer).__name__} to one "
+                             "made by hand") from None
         got = type(transformer).__name__
-        if want is not None and want != got:
+        if want != got:
             raise ValueError(
                 f"profile was calibrated for {want}, got {got}; recalibrate with sencache.calibrate(pipe, ...)"
             )
@@ -166,6 +229,41 @@ class SensitivityProfile:
                 f"profile was calibrated with the scheduler {want_sched}, the pipeline uses "
                 f"{type(scheduler).__name__}; recalibrate with sencache.calibrate(pipe, ...) for this scheduler"
             )
+
+    def check_range(self, lo: float, hi: float, stacklevel: int = 2) -> bool:
+        """Whether this profile's timesteps cover ``[lo, hi]``, the range a scheduler runs over: at most
+        ``COVERAGE_SLACK`` of it may lie outside the table, where the lookup holds the table's end values. If not, warn
+        (once per range and profile) with both ranges, e.g. a profile calibrated on [0, 1] used on [0, 1000].
+
+        Args:
+            lo, hi: the scheduler's smallest and largest timestep (``scheduler_range(scheduler)``).
+            stacklevel: passed to ``warnings.warn``.
+        """
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise ValueError(f"check_range needs finite lo <= hi, got [{lo}, {hi}]")
+        p_lo, p_hi = float(self._sorted[0][0]), float(self._sorted[0][-1])
+        if hi > lo:
+            outside, scale = max(0.0, min(hi, p_lo) - lo) + max(0.0, hi - max(lo, p_hi)), hi - lo
+        else:  # a single timestep: its distance to the table, against the span of both
+            outside, scale = max(0.0, p_lo - lo, lo - p_hi), max(hi, p_hi) - min(lo, p_lo)
+        if outside <= COVERAGE_SLACK * scale:
+            return True
+        if (lo, hi) not in self._warned_ranges:
+            self._warned_ranges.add((lo, hi))
+            warnings.warn(
+                f"the sensitivity profile covers timesteps [{p_lo:g}, {p_hi:g}], the scheduler runs over [{lo:g}, "
+                f"{hi:g}]: {outside / scale:.0%} of its range lies outside the profile, where the lookup holds the "
+                "profile's end values. Was the profile calibrated with this scheduler, in the same units? Recalibrate "
+                "with sencache.calibrate(pipe, ...) for it.", stacklevel=stacklevel,
+            )
+        return False
+
+    def check_scheduler_range(self, scheduler: Any | None) -> bool:
+        """``check_range`` over ``scheduler_range(scheduler)`` (True when the scheduler tells no range), warning at
+        the caller of the caller (``apply_sencache``'s)."""
+        r = scheduler_range(scheduler)
+        return True if r is None else self.check_range(*r, stacklevel=4)
 
     # ---------------------------------------------------------------- file I/O
     def save(self, path: str | os.PathLike) -> None:
@@ -196,10 +294,36 @@ class SensitivityProfile:
             raise ValueError(f"{path!r} is not a readable safetensors file: {exc}") from exc
         if "metadata" not in header or not {"timesteps", "jx", "jt"} <= tensors.keys():
             raise ValueError(f"{path!r} is not a SenCache sensitivity profile (missing tables or metadata)")
-        if int(header.get("format", "0")) > PROFILE_FORMAT:
-            raise ValueError(f"{path!r} has profile format {header['format']}; upgrade sencache to read it")
-        return cls(
-            timesteps=tensors["timesteps"], jx=tensors["jx"], jt=tensors["jt"],
-            metadata=json.loads(header["metadata"]),
-            jx_samples=tensors.get("jx_samples"), jt_samples=tensors.get("jt_samples"),
-        )
+        fmt = header.get("format", str(PROFILE_FORMAT))
+        if not re.fullmatch(r"[0-9]{1,9}", fmt):
+            raise ValueError(f"{path!r}: header field 'format' must be a whole number, got {_short(fmt)}")
+        if int(fmt) > PROFILE_FORMAT:
+            raise ValueError(f"{path!r} has profile format {fmt} (field 'format'); upgrade sencache to read it")
+        try:
+            metadata = json.loads(header["metadata"])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path!r}: header field 'metadata' is not valid JSON ({exc})") from None
+        try:
+            return cls(
+                timesteps=tensors["timesteps"], jx=tensors["jx"], jt=tensors["jt"],
+                metadata=check_metadata(metadata, require_class=True),
+                jx_samples=tensors.get("jx_samples"), jt_samples=tensors.get("jt_samples"),
+            )
+        except ValueError as exc:
+            msg = str(exc).removeprefix("SensitivityProfile: ").removesuffix("; recalibrate the profile")
+            raise ValueError(f"{path!r}: {msg}; recalibrate with sencache.calibrate(pipe, ...) and save the profile "
+                             "again") from None
+
+
+def scheduler_range(scheduler: Any | None) -> tuple[float, float] | None:
+    """The timesteps ``(lo, hi)`` a scheduler runs over: its current ``timesteps`` (those of its last
+    ``set_timesteps``, or of its construction), else ``(0, num_train_timesteps)`` from its config; None if unknown."""
+    ts = getattr(scheduler, "timesteps", None)
+    if ts is not None:
+        t = torch.as_tensor(ts).detach().flatten().to(device="cpu", dtype=torch.float64)
+        t = t[torch.isfinite(t)]
+        if t.numel():
+            return float(t.min()), float(t.max())
+    config = getattr(scheduler, "config", None)
+    n = config.get("num_train_timesteps") if isinstance(config, Mapping) else None
+    return (0.0, float(n)) if _positive_int(n) else None
