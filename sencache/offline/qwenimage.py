@@ -75,7 +75,8 @@ QWENIMAGE = Family(
         timestep_arg="timestep",
         guidance=(
             'true CFG: cache_context("cond") then "uncond" when true_cfg_scale > 1 and negative embeds are given '
-            "(the combined prediction is rescaled to the cond prediction's norm); no guidance embedding"
+            "(the combined prediction is rescaled to the cond prediction's norm); no guidance embedding. An all-ones "
+            "prompt_embeds_mask is dropped by the pipeline (the transformer gets encoder_hidden_states_mask=None)"
         ),
         step_index=False,
         timestep="fresh: t.expand(B).to(latents.dtype) / 1000",
