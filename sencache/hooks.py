@@ -180,7 +180,7 @@ def apply_sencache(target: Any, config: SenCacheConfig, mode: str = "eager",
                          "transformer.disable_cache() before apply_sencache")
     if _hook(transformer) is not None:
         remove_sencache(transformer)
-    stack = BlockStack(adapter.block_list(transformer), adapter.blocks_update_encoder, _BLOCK_HOOK)
+    stack = adapter.stack(transformer, _BLOCK_HOOK)
     pipeline = None if target is transformer else target
     hook = SenCacheHook(config, adapter, pipeline, stack, mode, compile_options)
     plumbing.registry(transformer).register_hook(hook, _HOOK)

@@ -4,19 +4,24 @@ Every cache here (SenCache in each execution mode, the TeaCache baseline) replac
 the block stack inside one transformer call. ``BlockStack`` hooks every block. While a call is ``running(head)``, the
 head block hands the stack's input to ``head.replace_stack(carried, args, kwargs)``, which returns the stack's
 output (by running the blocks, or by adding a cached residual), and every other block passes its input through.
-Outside such a call the blocks run as usual. The streams carried from block to block are ``(hidden,)``, or
-``(hidden, encoder)`` for blocks that also update the encoder hidden states (CogVideoX).
+Outside such a call the blocks run as usual. The stack may span several block lists (Flux's and HunyuanVideo's
+dual-stream blocks, then their single-stream blocks): they run or are skipped together. The streams carried from
+block to block are ``(hidden,)``, or ``(hidden, encoder)`` for blocks that also update the encoder hidden states;
+where each block returns them is diffusers' own block metadata (``TransformerBlockRegistry``), and a stream may end
+as None (SD3's last block returns no encoder states).
 
 Arithmetic, the same for every user: ``residual = blocks_out - blocks_in`` on a computed step,
-``blocks_out = blocks_in + residual`` on a skipped one.
+``blocks_out = blocks_in + residual`` on a skipped one (None where the stack's output is None).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
+from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import ModelHook
 
 from sencache import plumbing
@@ -48,7 +53,7 @@ class Residual:
         if len(tensors) != len(carried):
             return False
         for r, c in zip(tensors, carried, strict=True):  # a plain loop: this runs on every call of a step
-            if r.shape != c.shape or r.dtype != c.dtype:
+            if r is not None and (c is None or r.shape != c.shape or r.dtype != c.dtype):
                 return False
         return True
 
@@ -59,29 +64,71 @@ class Residual:
         self.tensors, self.call = None, -1
 
 
+Layout = tuple[int, int | None]  # where a block returns (hidden, encoder) in its output; encoder None: hidden alone
+
+
+def block_layout(block: torch.nn.Module, layouts: dict[str, Layout] | None = None) -> Layout:
+    """Where ``block`` returns its streams: ``layouts[class name]`` where given, else diffusers' block metadata."""
+    name = type(block).__name__
+    if layouts and name in layouts:
+        return layouts[name]
+    try:
+        meta = TransformerBlockRegistry.get(type(block))
+    except ValueError:
+        raise ValueError(f"SenCache does not know where {name} returns its hidden states: give the adapter "
+                         f"block_outputs={{{name!r}: (hidden_index, encoder_index or None)}}") from None
+    return meta.return_hidden_states_index, meta.return_encoder_hidden_states_index
+
+
+def _codec(layout: Layout) -> tuple[Callable[[Any], tuple], Callable[[tuple], Any]]:
+    """``(unpack, pack)`` between a block's output and the carried streams ``(hidden,)`` / ``(hidden, encoder)``."""
+    h, e = layout
+    if e is None:
+        return ((lambda out: (out[h],)) if h else (lambda out: (out,))), (lambda c: c[0])
+    if (h, e) == (0, 1):
+        return tuple, (lambda c: c)
+    return (lambda out: (out[h], out[e])), (lambda c: (c[1], c[0]))
+
+
 class BlockStack:
-    """The block list of one transformer, hooked so that a cache can replace its evaluation.
+    """The block lists of one transformer, hooked so that a cache can replace their evaluation as one stack.
 
     Args:
-        blocks: the transformer's block ``ModuleList`` (the adapter's ``block_list``).
-        carries_encoder: blocks return ``(hidden_states, encoder_hidden_states)`` rather than ``hidden_states``.
+        lists: the transformer's block ``ModuleList`` s, in the order its forward runs them (the adapter's
+            ``block_lists``); the first block of the first list is the head.
         hook_name: the name the block hooks are registered under.
+        layouts: where blocks return their streams, by class name, for classes diffusers has no metadata for.
     """
 
-    def __init__(self, blocks: torch.nn.ModuleList, carries_encoder: bool, hook_name: str) -> None:
-        self.blocks = blocks
-        self.carries_encoder = carries_encoder
+    def __init__(self, lists: Sequence[torch.nn.ModuleList] | torch.nn.ModuleList, hook_name: str,
+                 layouts: dict[str, Layout] | None = None) -> None:
+        lists = [lists] if isinstance(lists, torch.nn.ModuleList) else list(lists)
+        self.blocks = [block for blocks in lists for block in blocks]
+        self.layouts = [block_layout(b, layouts) for b in self.blocks]
+        encoder = {e is not None for _, e in self.layouts}
+        if len(encoder) != 1:
+            raise ValueError("SenCache needs every block of the stack to carry the same streams; "
+                             f"{sorted({type(b).__name__ for b in self.blocks})} differ")
+        self.carries_encoder = encoder.pop()
+        head = type(self.blocks[0]).forward
+        names = _parameters(head)
+        for block in self.blocks[1:]:
+            if _parameters(type(block).forward) != names:
+                raise ValueError(f"SenCache runs every block with the head block's arguments, but "
+                                 f"{type(block).__name__} takes {_parameters(type(block).forward)} and "
+                                 f"{type(self.blocks[0]).__name__} takes {names}")
+        self.codecs = [_codec(layout) for layout in self.layouts]
         self.hook_name = hook_name
         self.head: Head | None = None  # set while a transformer call runs
-        self.args = plumbing.Args(type(blocks[0]).forward, "hidden_states", "encoder_hidden_states")
-        self.streams = ("hidden_states", "encoder_hidden_states") if carries_encoder else ("hidden_states",)
+        self.args = plumbing.Args(head, "hidden_states", "encoder_hidden_states")
+        self.streams = ("hidden_states", "encoder_hidden_states") if self.carries_encoder else ("hidden_states",)
         self.positions = [(name, self.args.positions[name]) for name in self.streams]
         self.forwards: list[Callable[..., Any]] = []  # the blocks' forwards below our hooks
 
     def attach(self) -> None:
         """Hook every block (the first one is the head)."""
         for i, block in enumerate(self.blocks):
-            hook = _BlockHook(self, head=i == 0)
+            hook = _BlockHook(self, head=i == 0, pack=self.codecs[i][1])
             plumbing.registry(block).register_hook(hook, self.hook_name)
             self.forwards.append(hook.fn_ref.original_forward)
 
@@ -106,22 +153,23 @@ class BlockStack:
         args, kwargs = list(args), dict(kwargs)
         slots = [(args, pos) if name not in kwargs and pos is not None and pos < len(args) else (kwargs, name)
                  for name, pos in self.positions]  # where each stream goes in a block call
-        for forward in self.forwards:
+        for forward, (unpack, _) in zip(self.forwards, self.codecs, strict=True):
             for (where, key), value in zip(slots, carried, strict=True):
                 where[key] = value
-            out = forward(*args, **kwargs)
-            carried = tuple(out) if self.carries_encoder else (out,)
+            carried = unpack(forward(*args, **kwargs))
         return carried
 
     @staticmethod
     def residual(out: Carried, carried: Carried) -> Carried:
-        """``blocks_out - blocks_in``, per stream."""
-        return tuple([o - c for o, c in zip(out, carried, strict=True)])
+        """``blocks_out - blocks_in``, per stream (None where the output is None)."""
+        return tuple([None if o is None else o - c for o, c in zip(out, carried, strict=True)])
 
     @staticmethod
     def store_residual(out: Carried, carried: Carried, dst: Carried, flag: torch.Tensor | None = None) -> None:
         """``dst <- blocks_out - blocks_in`` in place; with the device ``flag``, only when it says compute."""
         for o, c, r in zip(out, carried, dst, strict=True):
+            if o is None:
+                continue
             if flag is None:
                 torch.sub(o, c, out=r)
             else:
@@ -130,7 +178,7 @@ class BlockStack:
     @staticmethod
     def skip(carried: Carried, residual: Carried) -> Carried:
         """``blocks_in + residual``, per stream: the stack's output on a skipped step."""
-        return tuple([c + r for c, r in zip(carried, residual, strict=True)])
+        return tuple([None if r is None else c + r for c, r in zip(carried, residual, strict=True)])
 
 
 class _Running:
@@ -152,10 +200,11 @@ class _BlockHook(ModelHook):
     """One block's hook: runs the block outside a cached call; within one, the head block stands for the whole
     stack and the others pass their input through."""
 
-    def __init__(self, stack: BlockStack, head: bool) -> None:
+    def __init__(self, stack: BlockStack, head: bool, pack: Callable[[tuple], Any]) -> None:
         super().__init__()
         self.stack = stack
         self.is_head = head
+        self.pack = pack  # the carried streams in this block's output order
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         stack = self.stack
@@ -165,4 +214,8 @@ class _BlockHook(ModelHook):
         carried = stack.carried(args, kwargs)
         if self.is_head:
             carried = head.replace_stack(carried, args, kwargs)
-        return carried if stack.carries_encoder else carried[0]  # what a block returns for the streams
+        return self.pack(carried)  # what this block returns for the streams
+
+
+def _parameters(forward: Callable[..., Any]) -> list[str]:
+    return [p for p in inspect.signature(forward).parameters if p != "self"]

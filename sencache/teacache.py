@@ -121,7 +121,7 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> None
         raise ValueError(f"this TeaCache baseline supports WanTransformer3DModel, got {type(transformer).__name__}")
     if len(config.coefficients) == 0 or config.num_inference_steps < 2:
         raise ValueError("TeaCacheConfig needs polynomial coefficients and num_inference_steps >= 2")
-    stack = BlockStack(blocks, carries_encoder=False, hook_name=_BLOCK_HOOK)
+    stack = BlockStack(blocks, hook_name=_BLOCK_HOOK)
     plumbing.registry(transformer).register_hook(_TeaCacheHook(config, stack), _HOOK)
     stack.attach()
     plumbing.invalidate(transformer)

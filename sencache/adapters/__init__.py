@@ -1,8 +1,8 @@
 """Per-architecture adapters: what differs between transformers, as data, one small file per model family.
 
-An adapter names the module list that is the block stack, whether the blocks also update the encoder hidden
-states, how the pipeline runs classifier-free guidance, and which steps are forced by default. Register one with
-``@register`` on a function returning an ``Adapter`` (see ``wan.py``).
+An adapter names the module list(s) that form the block stack, how the pipeline runs guidance, and which steps are
+forced by default; what the blocks return is taken from diffusers' own block metadata. Register one with
+``@register`` on a function returning an ``Adapter`` (see ``wan.py``; ``flux.py`` for two block lists).
 """
 
 from __future__ import annotations
@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
+from sencache.stack import BlockStack
+
+
+GUIDANCE = ("separate", "batched", "distilled")
+
 
 @dataclass(frozen=True)
 class Adapter:
@@ -19,31 +24,60 @@ class Adapter:
 
     Args:
         model_class: the transformer's class name, e.g. ``"WanTransformer3DModel"``.
-        blocks: attribute of the transformer holding the block ``ModuleList``.
-        blocks_update_encoder: blocks return ``(hidden_states, encoder_hidden_states)`` and both get residuals.
-        batched_cfg: the pipeline runs guidance as one call on ``[uncond, cond]`` (the cond half second);
-            otherwise as separate calls in ``cache_context("cond")`` / ``("uncond")``.
+        blocks: the attribute(s) of the transformer holding its block ``ModuleList`` s, in the order its forward
+            runs them; together they form one block stack, run or skipped as a whole. Where each block returns its
+            streams comes from diffusers' block metadata (``TransformerBlockRegistry``).
+        guidance: how the pipeline runs guidance: ``"separate"`` (one call per branch, in
+            ``cache_context("cond")`` / ``("uncond")``), ``"batched"`` (one call on ``[uncond, cond]``, the cond
+            half second) or ``"distilled"`` (one call with the guidance embedded; a negative prompt with true CFG
+            adds a call in ``cache_context("uncond")``, which follows the cond call's decision).
         force_first_steps: steps computed at the start by default (at least 1).
         force_last_steps: steps computed at the end by default.
         latent_arg: the transformer's argument holding the noisy latent ``x``.
         timestep_arg: the transformer's argument holding the timestep ``t``.
+        optional_blocks: block lists that may be empty in a given config (at least one list must have blocks).
+        block_outputs: ``((block class name, (hidden index, encoder index or None)), ...)`` for block classes
+            without diffusers metadata.
     """
 
     model_class: str
-    blocks: str
-    blocks_update_encoder: bool
-    batched_cfg: bool
+    blocks: str | tuple[str, ...]
+    guidance: str
     force_first_steps: int = 1
     force_last_steps: int = 0
     latent_arg: str = "hidden_states"
     timestep_arg: str = "timestep"
+    optional_blocks: tuple[str, ...] = ()
+    block_outputs: tuple[tuple[str, tuple[int, int | None]], ...] = ()
 
-    def block_list(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
-        """The block stack of ``transformer``."""
-        blocks = getattr(transformer, self.blocks, None)
-        if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0:
-            raise ValueError(f"{type(transformer).__name__}.{self.blocks} is not a non-empty ModuleList of blocks")
-        return blocks
+    def __post_init__(self) -> None:
+        if self.guidance not in GUIDANCE:
+            raise ValueError(f"Adapter.guidance must be one of {GUIDANCE}, got {self.guidance!r}")
+
+    @property
+    def batched_cfg(self) -> bool:
+        return self.guidance == "batched"
+
+    @property
+    def block_attrs(self) -> tuple[str, ...]:
+        return (self.blocks,) if isinstance(self.blocks, str) else tuple(self.blocks)
+
+    def block_lists(self, transformer: torch.nn.Module) -> list[torch.nn.ModuleList]:
+        """The block lists of ``transformer`` that form its stack (empty optional ones left out)."""
+        lists = []
+        for attr in self.block_attrs:
+            blocks = getattr(transformer, attr, None)
+            if not isinstance(blocks, torch.nn.ModuleList) or (len(blocks) == 0 and attr not in self.optional_blocks):
+                raise ValueError(f"{type(transformer).__name__}.{attr} is not a non-empty ModuleList of blocks")
+            if len(blocks):
+                lists.append(blocks)
+        if not lists:
+            raise ValueError(f"{type(transformer).__name__} has no blocks in {', '.join(self.block_attrs)}")
+        return lists
+
+    def stack(self, transformer: torch.nn.Module, hook_name: str) -> BlockStack:
+        """The block stack of ``transformer`` (not hooked yet: ``attach`` it)."""
+        return BlockStack(self.block_lists(transformer), hook_name, dict(self.block_outputs))
 
 
 _ADAPTERS: dict[str, Adapter] = {}

@@ -5,5 +5,5 @@ from sencache.adapters import Adapter, register
 
 @register
 def cogvideox() -> Adapter:
-    return Adapter(model_class="CogVideoXTransformer3DModel", blocks="transformer_blocks", blocks_update_encoder=True,
-                   batched_cfg=True, force_last_steps=1)
+    return Adapter(model_class="CogVideoXTransformer3DModel", blocks="transformer_blocks", guidance="batched",
+                   force_last_steps=1)

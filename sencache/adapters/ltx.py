@@ -5,5 +5,5 @@ from sencache.adapters import Adapter, register
 
 @register
 def ltx() -> Adapter:
-    return Adapter(model_class="LTXVideoTransformer3DModel", blocks="transformer_blocks", blocks_update_encoder=False,
-                   batched_cfg=True, force_last_steps=1)
+    return Adapter(model_class="LTXVideoTransformer3DModel", blocks="transformer_blocks", guidance="batched",
+                   force_last_steps=1)

@@ -5,5 +5,4 @@ from sencache.adapters import Adapter, register
 
 @register
 def wan() -> Adapter:
-    return Adapter(model_class="WanTransformer3DModel", blocks="blocks", blocks_update_encoder=False,
-                   batched_cfg=False, force_last_steps=0)
+    return Adapter(model_class="WanTransformer3DModel", blocks="blocks", guidance="separate")
