@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="sencache", description="Sensitivity-aware caching for video DiTs")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="calibrate and compare on a small offline pipeline (see `sencache demo --help`)",
-                   add_help=False)
+    sub.add_parser("demo", help="generate uncached and with SenCache on the shipped reference model and compare "
+                   "(about 1.5 minutes on an idle 2-core CPU; see `sencache demo --help`)", add_help=False)
     sub.add_parser("quality", help="quality at matched NFE against MagCache, TeaCache and FirstBlockCache on the "
                    "reference model (see `sencache quality --help`)", add_help=False)
     sub.add_parser("train-reference", help="train the reference model (see `sencache train-reference --help`)",
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "train-reference":
         from sencache.reference.train import main as train_main
 
-        train_main(rest)
+        train_main(rest, prog="sencache train-reference")
     else:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

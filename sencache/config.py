@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass, fields
+from typing import Any
 
 from sencache.profile import INTERPOLATIONS, SensitivityProfile
 
@@ -28,6 +29,10 @@ class SenCacheConfig:
         num_inference_steps: steps per generation, needed only when the transformer is used outside a pipeline
             that tells it (``apply_sencache`` on a bare transformer); otherwise read from the pipeline.
         interpolation: profile lookup between calibrated timesteps, ``"linear"`` or ``"nearest"``.
+
+    A config is frozen once built: ``apply_sencache`` checks it against the model and its hooks keep reading it, so a
+    later change could bypass the checks or apply only in part. To change a value, build a new config with
+    ``dataclasses.replace(cfg, eps=0.1)`` (validated like any other) and call ``apply_sencache`` again.
     """
 
     profile: SensitivityProfile | None = None
@@ -65,6 +70,23 @@ class SenCacheConfig:
             raise ValueError(
                 f"SenCacheConfig.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
             )
+        object.__setattr__(self, "_frozen", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not self.__dict__.get("_frozen"):  # __init__ filling the fields
+            object.__setattr__(self, name, value)
+            return
+        if name not in {f.name for f in fields(self)}:
+            raise AttributeError(f"SenCacheConfig has no field {name!r}; its fields are "
+                                 f"{', '.join(f.name for f in fields(self))}")
+        raise FrozenInstanceError(
+            f"SenCacheConfig is frozen (cannot set {name} = {value!r}): build a new one with "
+            f"dataclasses.replace(config, {name}=...), which is validated, and call sencache.apply_sencache(pipe, "
+            "new_config) again"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"SenCacheConfig is frozen (cannot delete {name})")
 
     def tolerance(self, step: int, num_steps: int) -> float:
         """The tolerance in force at ``step`` of ``num_steps``: ``eps_start`` in the start phase, then ``eps``."""

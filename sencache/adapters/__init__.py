@@ -14,7 +14,6 @@ import torch
 
 from sencache.stack import BlockStack
 
-
 GUIDANCE = ("separate", "batched", "distilled")
 
 
