@@ -20,7 +20,7 @@ written once, in ``ops.def``; ``ops.py`` registers the ops. Each op except the g
 (``*_ref``), which is also the CPU path and the test oracle. Importing this package never initialises CUDA.
 """
 
-from sencache_kernels.build_info import BuildInfo, build_info
+from sencache_kernels.installation import BuildInfo, build_info, warn_if_mismatched
 from sencache_kernels.commit import commit, commit_ref
 from sencache_kernels.conditional import has_conditional_nodes
 from sencache_kernels.decide import COMPUTE, NONFINITE, decide, decide_ref, decide_triton
@@ -45,3 +45,5 @@ __all__ = [
     "delta_norm_ref",
     "has_conditional_nodes",
 ]
+
+warn_if_mismatched()  # once, at import: an extension compiled against another torch

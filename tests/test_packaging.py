@@ -7,10 +7,11 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
+import warnings
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 import sencache_kernels as sk
@@ -146,3 +147,42 @@ def test_build_info_without_the_extension_says_what_to_do():
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "False"
     assert "SENCACHE_DISABLE_EXTENSION=1" in out.stdout and "pip install --no-build-isolation" in out.stdout
+
+
+def test_an_extension_built_against_another_torch_is_flagged(monkeypatch, tmp_path):
+    """Seen on the dev CPU: an extension compiled by an isolated build against torch 2.14.1+cu130 loaded under
+    2.13.0+cpu without any error. Importing the package warns, and build_info() says what to do."""
+    from sencache_kernels import installation as bi
+
+    if not sk.HAS_EXTENSION:
+        pytest.skip("the extension is not built here")
+    record = tmp_path / "_build_info.json"
+    record.write_text(json.dumps({"torch": "2.0.0+other", "cuda_ops": False, "message": "sencache: building x"}))
+    monkeypatch.setattr(bi, "RECORD", record)
+    with pytest.warns(UserWarning, match=r"built against torch 2\.0\.0\+other but torch .* is running.*"
+                                         r"--no-build-isolation"):
+        bi.warn_if_mismatched()
+    info = sk.build_info()
+    assert info.built_against_torch == "2.0.0+other"
+    assert any("compiled against torch 2.0.0+other" in n and "--no-build-isolation" in n for n in info.notes)
+    record.write_text(json.dumps({"torch": torch.__version__}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bi.warn_if_mismatched()  # the matching torch: no warning
+
+
+def test_without_matplotlib_the_plotting_commands_say_which_extra(monkeypatch, capsys):
+    """matplotlib is the `plots` extra: without it `sencache quality` and `sencache train-reference` stop before any
+    work with one line naming the extra, and the plotting helper raises an ImportError that names it."""
+    from sencache.cli import main
+    from sencache.plotting import pyplot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'sencache\[plots\]'"):
+        pyplot()
+    for command in ("quality", "train-reference"):
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--steps", "6"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"sencache {command} draws plots with matplotlib" in err, err
+        assert "sencache[plots]" in err

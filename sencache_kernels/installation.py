@@ -3,7 +3,9 @@
 ``python -c "import sencache_kernels as sk; print(sk.build_info())"`` prints whether the compiled extension loaded,
 which torch it was compiled against (setup.py records it in ``_build_info.json`` next to the extension) and which it
 runs with, whether it has the CUDA ops and CUDA-graph conditional nodes, and whether Triton can run the fused decision.
-Nothing here initialises CUDA unless ``build_info()`` is called.
+Nothing here initialises CUDA unless ``build_info()`` is called. Importing the package warns once when the loaded
+extension was compiled against another torch than the one running (torch's C++ API is not stable across versions: such
+an extension can load and still crash or misbehave).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -70,7 +73,7 @@ def _triton_version() -> str | None:
 def build_info() -> BuildInfo:
     """What this installation can run: the extension, its CUDA ops and conditional nodes, Triton (see the module
     docstring). ``notes`` say what to do where a part is missing or does not match the running torch."""
-    record = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
+    record = _record()
     built = record.get("torch")
     cuda_ops = ops.HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key("sencache::commit", "CUDA")
     triton = _triton_version()
@@ -95,3 +98,20 @@ def build_info() -> BuildInfo:
     return BuildInfo(extension=ops.HAS_EXTENSION, built_against_torch=built, torch=torch.__version__,
                      torch_cuda=torch.version.cuda, cuda_ops=bool(cuda_ops), conditional_nodes=has_conditional_nodes(),
                      triton=triton, cuda_device=cuda_device, build_message=record.get("message"), notes=tuple(notes))
+
+
+def _record() -> dict:
+    return json.loads(RECORD.read_text()) if RECORD.is_file() else {}
+
+
+def warn_if_mismatched() -> None:
+    """One warning when the loaded extension was compiled against another torch (called at import)."""
+    built = _record().get("torch") if ops.HAS_EXTENSION else None
+    if built is not None and built != torch.__version__:
+        warnings.warn(
+            f"sencache_kernels: the compiled extension was built against torch {built} but torch {torch.__version__} "
+            "is running, which can crash or give wrong results; reinstall SenCache with `pip install "
+            "--no-build-isolation .` in this environment (or set SENCACHE_DISABLE_EXTENSION=1 to use the pure-torch "
+            "ops)",
+            stacklevel=3,
+        )
