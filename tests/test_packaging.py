@@ -89,8 +89,10 @@ def test_every_imported_module_is_declared():
     imported = {_name(d) for m, _, _ in imports for d in dists.get(m, [m])}
     assert not RUNTIME & BUILD_TOOLS, f"build tools among the runtime dependencies: {RUNTIME & BUILD_TOOLS}"
     # transformers is imported by diffusers' Wan/CogVideoX/LTX pipelines (the reference model's is a WanPipeline),
-    # not by this project's code: the one declared runtime dependency the scan cannot see.
-    assert RUNTIME - imported == {"transformers"}, RUNTIME - imported
+    # whether or not this project's code imports it: the one declared runtime dependency the scan may not see.
+    assert "transformers" in RUNTIME
+    unused = RUNTIME - imported - {"transformers"}
+    assert not unused, f"declared runtime dependencies that nothing imports: {unused}"
     assert "matplotlib" in EXTRAS["plots"] and "triton" in EXTRAS["cuda"]
     assert "matplotlib" not in RUNTIME and "triton" not in RUNTIME
 
