@@ -170,10 +170,11 @@ class StepClock:
             if index is not None and index >= num_steps:
                 raise ValueError(f"SenCache: step index {index} of a generation of {num_steps} steps")
             self._start_call(name, x, int(num_steps), root, pipeline)
+            first = True  # the first step this transformer sees in a call (Wan 2.2's second expert: mid-call)
             if root is not None and not root.is_inference() and root.device == x.device:
                 self.schedule = _Schedule(root, x.shape[0], self.config)  # once per call, for this call's latent
         else:
-            tb = None
+            tb, first = None, False
         row = self.schedule.row(t, x, entry) if self.schedule is not None else None
         if row is None:  # a copy off the table: the statistics keep it, and it may be a view of the caller's t
             tb = (per_sample_timestep(t, x) if tb is None else tb).clone()
@@ -184,7 +185,7 @@ class StepClock:
         cfg, num_steps = self.config, self.num_steps
         jx, jt = cfg.profile.lookup(tb, cfg.interpolation) if row is None else row[1:]
         eps = cfg.tolerance(step, num_steps)
-        forced = step < self.force_first or step >= num_steps - self.force_last
+        forced = first or step < self.force_first or step >= num_steps - self.force_last
         return Step(step, x, tb, jx, jt, eps, forced, self.state, eps * self.root_n)
 
     def _follow(self, name: str) -> str:
@@ -207,6 +208,8 @@ class StepClock:
         lx, lxv, lt, ltv = self.last
         if index is not None:  # the call tells its step
             return index == self.step and (root is None or root is self.root) and _same(x, lx, lxv)
+        if self.pipeline is not None:  # a pipeline's own loop: the identity tells, no host read
+            return x is lx and _version(x) == lxv and t is lt
         return _same(t, lt, ltv) and _same(x, lx, lxv)
 
     def _start_call(self, leader: str, x: torch.Tensor, num_steps: int, root: torch.Tensor | None,
@@ -221,7 +224,7 @@ class StepClock:
         self.signature = (*key, num_steps)
         if self.state is None or self.state_key != key:
             self.state, self.state_key = self._state_for(key, x), key
-        self.recorder = StatsRecorder(num_steps)
+        self.recorder = StatsRecorder(num_steps, root)
         self.history.append(self.recorder)
         del self.history[:-MAX_HISTORY]
 

@@ -21,8 +21,9 @@ from sencache.adapters import Adapter, get_adapter
 from sencache.clock import StepClock
 from sencache.config import SenCacheConfig
 from sencache.modes import MODES, Context, Executor, Unavailable, build_chain
+from sencache.profile import scheduler_range
 from sencache.stack import BlockStack
-from sencache.stats import CallStats
+from sencache.stats import CallStats, group_calls, merge
 
 _HOOK = "sencache"
 _BLOCK_HOOK = "sencache_block"
@@ -172,47 +173,60 @@ def apply_sencache(target: Any, config: SenCacheConfig, mode: str = "eager",
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if compile_options is not None and mode not in ("compiled", "auto"):
         raise ValueError("compile_options only apply to mode='compiled' (or 'auto')")
-    transformer, scheduler = plumbing.split(target)
-    adapter = get_adapter(transformer)
-    config.profile.check_compatible(transformer, scheduler)
-    if getattr(transformer, "_cache_config", None) is not None:
-        raise ValueError("a diffusers cache is already enabled on this transformer; call "
-                         "transformer.disable_cache() before apply_sencache")
-    if _hook(transformer) is not None:
-        remove_sencache(transformer)
-    stack = adapter.stack(transformer, _BLOCK_HOOK)
-    pipeline = None if target is transformer else target
-    hook = SenCacheHook(config, adapter, pipeline, stack, mode, compile_options)
-    plumbing.registry(transformer).register_hook(hook, _HOOK)
-    stack.attach()
-    plumbing.invalidate(transformer)
+    transformers = plumbing.transformers(target)
+    scheduler = plumbing.split(target)[1]
+    adapters = [get_adapter(tr) for tr in transformers]
+    for tr in transformers:
+        config.profile.check_compatible(tr, scheduler)
+    span = scheduler_range(scheduler)  # the profile is in the transformer's timestep units
+    if span is not None:  # warns once where the profile misses much of the range
+        config.profile.check_range(*(v * adapters[0].timestep_scale for v in span), stacklevel=3)
+    for tr in transformers:
+        if getattr(tr, "_cache_config", None) is not None and _hook(tr) is None:
+            raise ValueError("a diffusers cache is already enabled on this transformer; call "
+                             "transformer.disable_cache() before apply_sencache")
+    pipeline = None if isinstance(target, torch.nn.Module) else target
+    for tr, adapter in zip(transformers, adapters, strict=True):
+        if _hook(tr) is not None:
+            remove_sencache(tr)
+        stack = adapter.stack(tr, _BLOCK_HOOK)
+        hook = SenCacheHook(config, adapter, pipeline, stack, mode, compile_options)
+        plumbing.registry(tr).register_hook(hook, _HOOK)
+        stack.attach()
+        plumbing.invalidate(tr)
+        tr._cache_config = config  # diffusers' enable_cache then refuses to add its own cache on top
 
 
 def remove_sencache(target: Any) -> None:
-    """Disable SenCache and restore the transformer's original forward passes (no-op if not applied)."""
-    transformer, _ = plumbing.split(target)
-    hook = _hook(transformer)
-    if hook is None:
-        return
-    plumbing.remove_hook(transformer, _HOOK)
-    hook.stack.detach()
-    plumbing.invalidate(transformer)
+    """Disable SenCache and restore the transformers' original forward passes (no-op if not applied)."""
+    for transformer in plumbing.transformers(target):
+        hook = _hook(transformer)
+        if hook is None:
+            continue
+        plumbing.remove_hook(transformer, _HOOK)
+        hook.stack.detach()
+        plumbing.invalidate(transformer)
+        if getattr(transformer, "_cache_config", None) is hook.config:
+            transformer._cache_config = None
 
 
 def get_stats(target: Any, call: int = -1) -> CallStats:
     """Statistics of one pipeline call (the latest by default; ``call`` indexes the kept history): the calling
-    thread's calls, or where it made none, those of the thread that called the transformer last.
+    thread's calls, or where it made none, those of the thread that called the transformer last. A pipeline with
+    two experts (Wan 2.2) reports each call's steps of both.
 
     Args:
         target: the pipeline or transformer SenCache was applied to.
         call: index into the calls since ``apply_sencache`` (last 64 kept); -1 is the latest.
     """
-    transformer, _ = plumbing.split(target)
-    hook = _hook(transformer)
-    if hook is None:
+    hooks = [h for h in (_hook(tr) for tr in plumbing.transformers(target)) if h is not None]
+    if not hooks:
         raise ValueError("SenCache is not applied to this pipeline/transformer; call sencache.apply_sencache first")
-    lane = getattr(hook.local, "lane", None)  # this thread's calls, else the latest thread's
-    history = (lane if lane is not None and lane.clock.history else hook.latest).clock.history
-    if not history:
+    histories = []
+    for hook in hooks:
+        lane = getattr(hook.local, "lane", None)  # this thread's calls, else the latest thread's
+        histories.append((lane if lane is not None and lane.clock.history else hook.latest).clock.history)
+    calls = group_calls(histories)
+    if not calls:
         raise ValueError("no pipeline call has run with SenCache yet")
-    return history[call].materialize()
+    return merge(calls[call])

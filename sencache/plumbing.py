@@ -116,6 +116,14 @@ def split(target: Any) -> tuple[torch.nn.Module, Any | None]:
     return transformer, getattr(target, "scheduler", None)
 
 
+def transformers(target: Any) -> list[torch.nn.Module]:
+    """The transformer(s) of a pipeline (Wan 2.2 has two experts: ``transformer`` and ``transformer_2``), or the
+    bare transformer itself."""
+    first, _ = split(target)
+    second = None if isinstance(target, torch.nn.Module) else getattr(target, "transformer_2", None)
+    return [first, second] if isinstance(second, torch.nn.Module) else [first]
+
+
 def output_tensor(out: Any) -> torch.Tensor:
     """The sample of a transformer's output (a ``return_dict=False`` tuple or an output dataclass)."""
     return out[0] if isinstance(out, (tuple, list)) else out.sample

@@ -16,7 +16,6 @@ Arithmetic, the same for every user: ``residual = blocks_out - blocks_in`` on a 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -111,16 +110,16 @@ class BlockStack:
                              f"{sorted({type(b).__name__ for b in self.blocks})} differ")
         self.carries_encoder = encoder.pop()
         head = type(self.blocks[0]).forward
-        names = _parameters(head)
-        for block in self.blocks[1:]:
-            if _parameters(type(block).forward) != names:
+        self.args = plumbing.Args(head, "hidden_states", "encoder_hidden_states")
+        for block in self.blocks[1:]:  # every block is run with the head block's arguments: the streams must sit
+            other = plumbing.Args(type(block).forward, "hidden_states", "encoder_hidden_states")  # where its are
+            if other.positions != self.args.positions:
                 raise ValueError(f"SenCache runs every block with the head block's arguments, but "
-                                 f"{type(block).__name__} takes {_parameters(type(block).forward)} and "
-                                 f"{type(self.blocks[0]).__name__} takes {names}")
+                                 f"{type(block).__name__} takes its streams at {other.positions} and "
+                                 f"{type(self.blocks[0]).__name__} at {self.args.positions}")
         self.codecs = [_codec(layout) for layout in self.layouts]
         self.hook_name = hook_name
         self.head: Head | None = None  # set while a transformer call runs
-        self.args = plumbing.Args(head, "hidden_states", "encoder_hidden_states")
         self.streams = ("hidden_states", "encoder_hidden_states") if self.carries_encoder else ("hidden_states",)
         self.positions = [(name, self.args.positions[name]) for name in self.streams]
         self.forwards: list[Callable[..., Any]] = []  # the blocks' forwards below our hooks
@@ -216,6 +215,3 @@ class _BlockHook(ModelHook):
             carried = head.replace_stack(carried, args, kwargs)
         return self.pack(carried)  # what this block returns for the streams
 
-
-def _parameters(forward: Callable[..., Any]) -> list[str]:
-    return [p for p in inspect.signature(forward).parameters if p != "self"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -58,11 +59,19 @@ class CallStats:
                 f"{100.0 * self.skipped / max(n, 1):.0f}% saved)  {self.timeline()}")
 
 
-class StatsRecorder:
-    """Collects one call's per-step records on the device; ``materialize`` reads them back once, off the hot path."""
+_STARTED = itertools.count()
 
-    def __init__(self, num_steps: int) -> None:
+
+class StatsRecorder:
+    """Collects one call's per-step records on the device; ``materialize`` reads them back once, off the hot path.
+
+    ``key`` names the pipeline call (the schedule its timesteps are views of, or None) and ``started`` orders the
+    recorders of several transformers (Wan 2.2's experts), so that one pipeline call's records can be merged."""
+
+    def __init__(self, num_steps: int, key: object = None) -> None:
         self.num_steps = num_steps
+        self.key = key
+        self.started = next(_STARTED)
         self._stack_calls: list[bool | torch.Tensor] = []
         self._steps: list[tuple[torch.Tensor, torch.Tensor, float, bool, bool | torch.Tensor]] = []
         self._rows: tuple[torch.Tensor, ...] | None = None
@@ -107,3 +116,27 @@ class StatsRecorder:
         stats.forced = [s[3] for s in self._steps]
         stats.computed = self._computed([s[4] for s in self._steps])
         return stats
+
+
+def group_calls(histories: list[list[StatsRecorder]]) -> list[list[StatsRecorder]]:
+    """The pipeline calls of one or more transformers' histories, in order: recorders of different transformers
+    that follow each other with the same (non-None) key are one call."""
+    tagged = sorted(((r.started, i, r) for i, h in enumerate(histories) for r in h), key=lambda e: e[0])
+    calls: list[list[tuple[int, StatsRecorder]]] = []
+    for _, i, r in tagged:
+        last = calls[-1] if calls else None
+        if last and r.key is not None and r.key is last[-1][1].key and i not in {j for j, _ in last}:
+            last.append((i, r))
+        else:
+            calls.append([(i, r)])
+    return [[r for _, r in call] for call in calls]
+
+
+def merge(recorders: list[StatsRecorder]) -> CallStats:
+    """One pipeline call's statistics from the recorders of its transformers, in the order they ran."""
+    parts = [r.materialize() for r in recorders]
+    stats = CallStats(num_steps=parts[0].num_steps, block_stack_calls=sum(p.block_stack_calls for p in parts))
+    for p in parts:
+        for name in ("timesteps", "computed", "forced", "thresholds", "scores"):
+            getattr(stats, name).extend(getattr(p, name))
+    return stats

@@ -34,6 +34,8 @@ class Adapter:
         force_last_steps: steps computed at the end by default.
         latent_arg: the transformer's argument holding the noisy latent ``x``.
         timestep_arg: the transformer's argument holding the timestep ``t``.
+        timestep_scale: the transformer receives the scheduler's timestep times this (Flux, Qwen-Image: 1/1000);
+            profiles are in the transformer's units.
         optional_blocks: block lists that may be empty in a given config (at least one list must have blocks).
         block_outputs: ``((block class name, (hidden index, encoder index or None)), ...)`` for block classes
             without diffusers metadata.
@@ -47,6 +49,7 @@ class Adapter:
     latent_arg: str = "hidden_states"
     timestep_arg: str = "timestep"
     optional_blocks: tuple[str, ...] = ()
+    timestep_scale: float = 1.0
     block_outputs: tuple[tuple[str, tuple[int, int | None]], ...] = ()
 
     def __post_init__(self) -> None:
@@ -105,4 +108,14 @@ def get_adapter(transformer: torch.nn.Module) -> Adapter:
     return _ADAPTERS[name]
 
 
-from sencache.adapters import cogvideox, ltx, wan  # noqa: E402,F401  (registration)
+from sencache.adapters import (  # noqa: E402,F401  (registration)
+    cogvideox,
+    cogview4,
+    flux,
+    hunyuanvideo,
+    ltx,
+    mochi,
+    qwenimage,
+    sd3,
+    wan,
+)
