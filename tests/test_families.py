@@ -171,3 +171,47 @@ def test_diffusers_cache_after_sencache_is_refused(fam):
             sencache.apply_sencache(pipe, sencache.SenCacheConfig(profile=profile(pipe)))
     finally:
         pipe.transformer.disable_cache()
+
+
+@pytest.mark.slow  # torch.compile: seconds per family
+@pytest.mark.parametrize("arch", ["flux", "sd3", "hunyuanvideo"])  # two lists with split views; a None stream;
+def test_compiled_equals_eager_without_graph_breaks(arch, fam):  # a transposed hidden stream
+    from torch._dynamo.utils import counters
+
+    pipe = fam[arch]
+    cfg = sencache.SenCacheConfig(profile=profile(pipe, jx=0.2), eps=0.5, eps_start=0.5)
+    sencache.apply_sencache(pipe, cfg)
+    want, want_stats = call(pipe, arch), sencache.get_stats(pipe)
+    assert 0 < want_stats.skipped < STEPS
+    counters.clear()
+    sencache.apply_sencache(pipe, cfg, mode="compiled", compile_options={"backend": "aot_eager"})
+    try:
+        for _ in range(2):  # the first call compiles; the second replays the variants it compiled
+            assert torch.equal(call(pipe, arch), want)
+            assert sencache.get_stats(pipe).computed == want_stats.computed
+        assert sencache.hooks._hook(pipe.transformer).mode == "compiled"
+        assert not counters["graph_break"], dict(counters["graph_break"])
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("arch", ["flux", "sd3", "hunyuanvideo", "wan22"])
+def test_graph_mode_logic_equals_eager_with_replaying_stand_ins(arch, fam, replaying):
+    """Graph mode's capture and replay logic with the CPU stand-ins of the CUDA steps (conftest.replaying): the
+    decisions and the output of eager mode, including two block lists, a stream that ends as None and two experts."""
+    pipe = fam[arch]
+    cfg = sencache.SenCacheConfig(profile=profile(pipe, jx=0.2), eps=0.5, eps_start=0.5)
+    sencache.apply_sencache(pipe, cfg)
+    want, want_stats = call(pipe, arch), sencache.get_stats(pipe)
+    assert 0 < want_stats.skipped < STEPS
+    sencache.apply_sencache(pipe, cfg, mode="graph")
+    for _ in range(2):  # the first call captures, the second replays
+        assert torch.equal(call(pipe, arch), want)
+        stats = sencache.get_stats(pipe)
+        # a call's first step of each transformer is forced; its score is measured against whatever reference the
+        # previous call left
+        firsts = [i for i, f in enumerate(want_stats.forced) if f]
+        assert stats.computed == want_stats.computed and stats.forced == want_stats.forced
+        assert [s for i, s in enumerate(stats.scores) if i not in firsts] == [
+            s for i, s in enumerate(want_stats.scores) if i not in firsts]
+    assert replaying and all(sencache.hooks._hook(tr).mode == "graph" for tr in plumbing.transformers(pipe))

@@ -7,12 +7,10 @@ import warnings
 
 import pytest
 import torch
-from torch.utils._pytree import tree_flatten
 
 import sencache
 from sencache import offline_pipelines as tiny
-from sencache.modes import graph as graph_mode
-from sencache_kernels import COMPUTE, DecisionState, has_conditional_nodes
+from sencache_kernels import has_conditional_nodes
 from tests.helpers import flat_profile, run
 
 requires_graph = pytest.mark.skipif(not (torch.cuda.is_available() and has_conditional_nodes()),
@@ -72,54 +70,6 @@ def test_graph_support_is_reported_absent_without_cuda():
     from sencache.modes.graph import unavailable_reason
 
     assert "CUDA" in unavailable_reason(torch.zeros(1))
-
-
-class _Replaying:
-    """Stand-in for a captured CUDA graph on the CPU: ``replay`` runs the captured Python again and writes its
-    outputs into the tensors the capture returned, as a graph writes to fixed addresses. A capture itself runs the
-    Python once with ``capturing`` set: the decision and the IF node are then only recorded, not executed."""
-
-    capturing = False
-
-    def __init__(self, fn, out):
-        self.fn, self.out = fn, out
-
-    def replay(self):
-        new = self.fn()
-        for old, fresh in zip(tree_flatten(self.out)[0], tree_flatten(new)[0], strict=True):
-            old.copy_(fresh)
-
-
-@pytest.fixture
-def replaying(monkeypatch):
-    """Graph mode on the CPU with :class:`_Replaying` in place of the three CUDA steps; returns the captures."""
-    captures = []
-
-    def capture(fn, keep_graph=False):
-        _Replaying.capturing = True
-        try:
-            out = fn()
-        finally:
-            _Replaying.capturing = False
-        captures.append(_Replaying(fn, out))
-        return captures[-1], out
-
-    def capture_if(pred, body):
-        if not _Replaying.capturing and int(pred) & COMPUTE:
-            body.replay()
-
-    real_step = DecisionState.step
-
-    def step(self, *args, **kwargs):
-        if not _Replaying.capturing:
-            real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(graph_mode, "_capture", capture)
-    monkeypatch.setattr(graph_mode, "_warm_up", lambda device, fn: fn())
-    monkeypatch.setattr(graph_mode, "_capture_if", capture_if)
-    monkeypatch.setattr(graph_mode, "unavailable_reason", lambda x: None)
-    monkeypatch.setattr(DecisionState, "step", step)
-    return captures
 
 
 @pytest.mark.parametrize("arch", tiny.ARCHITECTURES)

@@ -88,24 +88,33 @@ class CompiledExecutor(Executor):
         # guards) the same way whether or not buffers exist from an earlier call.
         res = None if self.must_compute else self.residual.tensors
         fits = res is not None and len(res) == len(carried) and all(
-            r.shape == c.shape and r.dtype == c.dtype for r, c in zip(res, carried, strict=True))
+            r is None or (r.shape == c.shape and r.dtype == c.dtype) for r, c in zip(res, carried, strict=True))
         if not fits:  # no valid residual yet (first step of a call, or new shapes): compute, adopt it afterwards
             out = stack.run(carried, args, kwargs)
             self.pending = stack.residual(out, carried)
             return out
         n = len(carried)
+        live = [i for i, r in enumerate(res) if r is not None]  # streams the stack outputs (SD3 ends without one)
         flag = self.hook.clock.state.flag
         # torch.cond refuses operands that alias each other; CogVideoX's two streams are slices of one tensor, so
         # the (small, text-length) encoder stream goes in as a copy.
-        carried = carried[:1] + tuple(c.clone() for c in carried[1:])
+        carried = carried[:1] + tuple(c.clone(memory_format=torch.contiguous_format) for c in carried[1:])
 
         def compute(*ops: torch.Tensor) -> Carried:
-            return stack.run(ops[:n], args, kwargs)
+            out = stack.run(ops[:n], args, kwargs)
+            # torch.cond needs both branches' outputs dense, with the same strides and storage offset: outputs split
+            # from one tensor (Flux's single-stream blocks) are views at an offset, so every output is a copy
+            return tuple(out[i].clone(memory_format=torch.contiguous_format) for i in live)
 
         def skip(*ops: torch.Tensor) -> Carried:
-            return stack.skip(ops[:n], ops[n:])
+            # as dense as the other branch's (HunyuanVideo's hidden stream enters the blocks transposed)
+            return tuple((ops[i] + r).contiguous() for i, r in zip(live, ops[n:], strict=True))
 
-        out = tuple(torch.cond((flag & COMPUTE) != 0, compute, skip, carried + tuple(res)))
+        outs = torch.cond((flag & COMPUTE) != 0, compute, skip, carried + tuple(res[i] for i in live))
+        out = [None] * n
+        for i, o in zip(live, outs, strict=True):
+            out[i] = o
+        out = tuple(out)
         stack.store_residual(out, carried, res, flag)  # on computed steps only
         return out
 
@@ -114,13 +123,19 @@ class CompiledExecutor(Executor):
         new, self.pending = self.pending, None
         old = residual.tensors
         if old is not None and len(old) == len(new) and all(
-                (o.shape, o.dtype, o.device) == (n.shape, n.dtype, n.device) for o, n in zip(old, new, strict=True)):
+                _meta(o) == _meta(n) for o, n in zip(old, new, strict=True)):
             for o, n in zip(old, new, strict=True):
-                o.copy_(n)
+                if o is not None:
+                    o.copy_(n)
             return
-        residual.tensors = tuple(n.clone() for n in new)
+        residual.tensors = tuple(None if n is None else n.clone() for n in new)
         for r in residual.tensors:
-            torch._dynamo.mark_static_address(r)
+            if r is not None:
+                torch._dynamo.mark_static_address(r)
+
+
+def _meta(t: torch.Tensor | None) -> tuple | None:
+    return None if t is None else (t.shape, t.dtype, t.device)
 
 
 def clone_tensors(tree: Any) -> Any:
@@ -128,3 +143,4 @@ def clone_tensors(tree: Any) -> Any:
     from torch.utils._pytree import tree_map
 
     return tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, tree)
+

@@ -140,9 +140,9 @@ class _Building:
         pred = self.flag | self.must.to(torch.int32) * COMPUTE
         _capture_if(pred, body.graph)
         compute = (pred & COMPUTE) != 0
-        return tuple(torch.where(compute, o, s) for o, s in zip(body.outputs,
-                                                                 stack.skip(body.carried, body.residual.tensors),
-                                                                 strict=True))
+        skipped = stack.skip(body.carried, body.residual.tensors)
+        return tuple(None if o is None else torch.where(compute, o, k)
+                     for o, k in zip(body.outputs, skipped, strict=True))
 
     @staticmethod
     def _capture_body(stack: BlockStack, args: tuple, kwargs: dict) -> _Body:
@@ -159,6 +159,8 @@ class _Building:
             return outputs
 
         graph, outputs = _capture(body, keep_graph=True)  # never instantiated: a copy runs under the IF node
+        # a stream the stack ends without (SD3's encoder states) has no residual
+        residual.tensors = tuple(None if o is None else r for r, o in zip(residual.tensors, outputs, strict=True))
         return _Body(graph, _tensors(static), carried, outputs, residual)
 
 
