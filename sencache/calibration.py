@@ -33,19 +33,16 @@ def _per_sample_norm(a: torch.Tensor) -> torch.Tensor:
 
 
 class _CalibrationHook(ModelHook):
-    """Records f(x_k, t_k) on the deciding context and evaluates the finite differences around it."""
+    """One transformer's hook: hands every call to the shared ``_Calibration`` (Wan 2.2 has two experts, each
+    hooked, one calibration) and evaluates the extra points on this transformer."""
 
     _is_stateful = True  # so that diffusers hands it the cache context
 
-    def __init__(self, adapter: Adapter, pipe: Any) -> None:
+    def __init__(self, adapter: Adapter, calibration: _Calibration) -> None:
         super().__init__()
         self.adapter = adapter
-        self.pipe = pipe
+        self.calibration = calibration
         self.state_manager = plumbing.context_manager()
-        self.jx: list[torch.Tensor] = []
-        self.jt: list[torch.Tensor] = []
-        self.timesteps: list[float] = []
-        self.begin_run()
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
         self.args = plumbing.Args(type(module).forward, self.adapter.latent_arg, self.adapter.timestep_arg)
@@ -54,6 +51,32 @@ class _CalibrationHook(ModelHook):
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()
         return module
+
+    def eval(self, args: tuple, kwargs: dict, latent: torch.Tensor | None = None, t: torch.Tensor | None = None):
+        if latent is not None:
+            args, kwargs = self.args.replace(args, kwargs, **{self.adapter.latent_arg: latent})
+        if t is not None:
+            args, kwargs = self.args.replace(args, kwargs, **{self.adapter.timestep_arg: t})
+        return self.calibration.cond(plumbing.output_tensor(self.fn_ref.original_forward(*args, **kwargs)))
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        ctx = plumbing.current_context(self.state_manager)
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        self.calibration.on_call(self, ctx[0] if ctx is not None else "default", args, kwargs, out)
+        return out
+
+
+class _Calibration:
+    """Records f(x_k, t_k) on the deciding context and evaluates the finite differences around it, in the
+    transformer's timestep units (the schedule times the adapter's ``timestep_scale``)."""
+
+    def __init__(self, adapter: Adapter, pipe: Any) -> None:
+        self.adapter = adapter
+        self.pipe = pipe
+        self.jx: list[torch.Tensor] = []
+        self.jt: list[torch.Tensor] = []
+        self.timesteps: list[float] = []
+        self.begin_run()
 
     def begin_run(self) -> None:
         self.leader: str | None = None
@@ -64,52 +87,43 @@ class _CalibrationHook(ModelHook):
         self.run_jx: list[torch.Tensor] = []
         self.run_jt: list[torch.Tensor] = []
 
-    def _cond(self, y: torch.Tensor) -> torch.Tensor:
+    def cond(self, y: torch.Tensor) -> torch.Tensor:
         """The conditional branch of a transformer input or output (the second half under batched CFG)."""
         return y[y.shape[0] // 2:] if self.halves else y
 
-    def _eval(self, args: tuple, kwargs: dict, latent: torch.Tensor | None = None, t: torch.Tensor | None = None):
-        if latent is not None:
-            args, kwargs = self.args.replace(args, kwargs, **{self.adapter.latent_arg: latent})
-        if t is not None:
-            args, kwargs = self.args.replace(args, kwargs, **{self.adapter.timestep_arg: t})
-        return self._cond(plumbing.output_tensor(self.fn_ref.original_forward(*args, **kwargs)))
-
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        ctx = plumbing.current_context(self.state_manager)
-        name = ctx[0] if ctx is not None else "default"
+    def on_call(self, hook: _CalibrationHook, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         if self.leader is None:
             self.leader = name
-        out = self.fn_ref.original_forward(*args, **kwargs)
         if name != self.leader:
-            return out
+            return
         self.step += 1
-        x = self.args.get(args, kwargs, self.adapter.latent_arg)
+        x = hook.args.get(args, kwargs, self.adapter.latent_arg)
         if self.schedule is None:  # first step of a run
-            self.schedule = [float(v) for v in self.pipe.scheduler.timesteps]
+            scale = self.adapter.timestep_scale
+            self.schedule = [float(v) * scale for v in self.pipe.scheduler.timesteps]
             h = x.shape[0] // 2
             # batched CFG feeds [uncond, cond] halves of one latent: identical halves mean guidance is on
             self.halves = self.adapter.batched_cfg and x.shape[0] % 2 == 0 and torch.equal(x[:h], x[h:])
         k, ts = self.step, self.schedule
-        t = self.args.get(args, kwargs, self.adapter.timestep_arg)
-        f = self._cond(plumbing.output_tensor(out)).detach().clone()
+        t = hook.args.get(args, kwargs, self.adapter.timestep_arg)
+        f = self.cond(plumbing.output_tensor(out)).detach().clone()
         k_other = k + 1 if k + 1 < len(ts) else k - 1
         if k_other < 0:
             raise ValueError("calibration needs at least 2 inference steps")
-        f_t = self._eval(args, kwargs, t=torch.full_like(t, ts[k_other]))
+        f_t = hook.eval(args, kwargs, t=torch.full_like(t, ts[k_other]))
         self.run_jt.append(_per_sample_norm(f_t - f) / abs(ts[k_other] - ts[k]))
-        self.prev = (args, kwargs, t, x, f)
-        return out
+        self.prev = (hook, args, kwargs, x, f)
 
     def on_step_end(self, latents: torch.Tensor) -> None:
-        """Jx of the step just taken: the next latent ``x_{k+1}`` evaluated at the same ``t_k``."""
-        args, kwargs, t, x, f = self.prev
+        """Jx of the step just taken: the next latent ``x_{k+1}`` evaluated at the same ``t_k`` (by the transformer
+        that took the step)."""
+        hook, args, kwargs, x, f = self.prev
         x_next = latents
         if x_next.shape[0] != x.shape[0]:  # batched CFG doubles the latent
             x_next = torch.cat([x_next] * (x.shape[0] // x_next.shape[0]))
         x_next = x_next.to(x.dtype)
-        f_x = self._eval(args, kwargs, latent=x_next)
-        dx = _per_sample_norm(self._cond(x_next) - self._cond(x)).clamp_min(1e-30)
+        f_x = hook.eval(args, kwargs, latent=x_next)
+        dx = _per_sample_norm(self.cond(x_next) - self.cond(x)).clamp_min(1e-30)
         self.run_jx.append(_per_sample_norm(f_x - f) / dx)
 
     def end_run(self) -> None:
@@ -154,11 +168,14 @@ def calibrate(
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, torch.nn.Module):
         raise ValueError(f"calibrate needs a diffusers pipeline with a transformer, got {type(pipe).__name__}")
-    adapter = get_adapter(transformer)
-    if _hook(transformer) is not None:
-        raise ValueError("SenCache is applied to this pipeline; call sencache.remove_sencache(pipe) before calibrating")
-    if getattr(transformer, "_cache_config", None) is not None:
-        raise ValueError("a diffusers cache is enabled on the transformer; call transformer.disable_cache() first")
+    transformers = plumbing.transformers(pipe)  # Wan 2.2: both experts, each calibrated on the steps it takes
+    adapters = [get_adapter(tr) for tr in transformers]
+    for tr in transformers:
+        if _hook(tr) is not None:
+            raise ValueError("SenCache is applied to this pipeline; call sencache.remove_sencache(pipe) before "
+                             "calibrating")
+        if getattr(tr, "_cache_config", None) is not None:
+            raise ValueError("a diffusers cache is enabled on the transformer; call transformer.disable_cache() first")
     bad = [k for k in _RESERVED if k in pipe_kwargs]
     if bad:
         raise ValueError(f"calibrate sets {bad} itself; pass seeds=... and num_inference_steps=... instead")
@@ -178,9 +195,10 @@ def calibrate(
     if len(seeds) != num_samples:
         raise ValueError(f"got {len(seeds)} seeds for num_samples={num_samples}")
 
-    hook = _CalibrationHook(adapter, pipe)
-    registry = plumbing.registry(transformer)
-    registry.register_hook(hook, _CALIBRATION_HOOK)
+    hook = _Calibration(adapters[0], pipe)
+    registries = [plumbing.registry(tr) for tr in transformers]
+    for registry, adapter in zip(registries, adapters, strict=True):
+        registry.register_hook(_CalibrationHook(adapter, hook), _CALIBRATION_HOOK)
     old_bar = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)
     bar = tqdm(total=num_samples * num_inference_steps, desc="SenCache calibration", disable=not progress)
@@ -201,7 +219,8 @@ def calibrate(
                 hook.end_run()
     finally:
         bar.close()
-        registry.remove_hook(_CALIBRATION_HOOK, recurse=False)
+        for registry in registries:
+            registry.remove_hook(_CALIBRATION_HOOK, recurse=False)
         pipe._progress_bar_config = old_bar
 
     jx_samples, jt_samples = torch.cat(hook.jx), torch.cat(hook.jt)
