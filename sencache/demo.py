@@ -4,8 +4,8 @@
 trained by this project, see ``sencache/reference``) on one condition: it loads the shipped sensitivity profile (or
 calibrates one), generates the clip uncached and with SenCache, prints a table (steps computed, NFE saved, wall time,
 PSNR and SSIM of the cached output against the uncached one) and saves a side-by-side GIF: uncached | SenCache |
-|difference| (scaled to its maximum, printed). ``--model wan|cogvideox|ltx`` runs a tiny random-weight pipeline of that
-architecture instead (abstract frames; the numbers show the mechanics only).
+|difference| (scaled to its maximum, printed). ``--model wan|cogvideox|ltx|flux|...`` runs a tiny random-weight
+pipeline of that family instead (abstract frames, one for an image model; the numbers show the mechanics only).
 
 Wall times are medians of ``--repeats`` runs of each (uncached and SenCache alternate, after a short warm-up of
 each), with their range. On a CPU they time a small model on a shared machine: a rough ratio, not a speed claim
@@ -30,7 +30,7 @@ from sencache import offline_pipelines as tiny
 from sencache.config import EPS_START_RATIO
 from sencache.metrics import psnr, ssim
 
-MODELS = ("reference", *tiny.ARCHITECTURES)
+MODELS = ("reference", *tiny.ALL_ARCHITECTURES)
 # Per model: steps, eps, eps_start. Reference: the SenCache point near 50% NFE of the committed quality run.
 _DEFAULTS = {"reference": (50, 0.165, 0.165 * EPS_START_RATIO), "tiny": (30, 0.1, 0.01)}
 # What `--help` says the demo takes (measured: see RUNTIME_HELP and the closing note of issue 16).
@@ -115,8 +115,10 @@ def _setup(model: str, steps: int, seed: int, calibration_samples: int, prompt: 
                                      seeds=range(100, 100 + calibration_samples), num_inference_steps=steps)
         return pipe, kwargs, profile
     torch.manual_seed(seed)
-    pipe = tiny.build_pipeline(model, seed=seed, num_layers=4)
-    geometry = {"height": 64, "width": 64} if model != "cogvideox" else {"height": 32, "width": 32}
+    first_three = model in tiny.ARCHITECTURES  # the others keep their own tiny sizes
+    pipe = tiny.build_pipeline(model, seed=seed, **({"num_layers": 4} if first_three else {}))
+    geometry = {} if not first_three else {"height": 64, "width": 64} if model != "cogvideox" else {
+        "height": 32, "width": 32}
 
     def tiny_kwargs(**extra: Any) -> dict[str, Any]:
         return tiny.call_kwargs(model, pipe, seed=seed, num_inference_steps=steps, **geometry, **extra)
@@ -150,13 +152,17 @@ def run_demo(model: str = "reference", steps: int | None = None, eps: float | No
     pipe, kwargs, profile = _setup(model, steps, seed, calibration_samples, prompt)
     config = sencache.SenCacheConfig(profile=profile, eps=eps, eps_start=eps_start, max_consecutive_skips=max_skips)
 
+    def video(result: Any) -> torch.Tensor:  # [F, 3, H, W]; an image is a video of one frame
+        out = result.frames[0] if model == "reference" else tiny.output_of(model, result)[0]
+        return out if out.dim() == 4 else out.unsqueeze(0)
+
     def uncached():
-        return pipe(**kwargs()).frames[0]
+        return video(pipe(**kwargs()))
 
     def cached():  # the pipeline call is timed, not applying and removing SenCache
         sencache.apply_sencache(pipe, config)
         try:
-            frames, seconds = _timed(lambda: pipe(**kwargs()).frames[0])
+            frames, seconds = _timed(lambda: video(pipe(**kwargs())))
             return frames, sencache.get_stats(pipe), seconds
         finally:
             sencache.remove_sencache(pipe)

@@ -20,6 +20,16 @@ def test_demo_runs_and_writes_gif(tmp_path, capsys):
         assert im.n_frames == 9 and im.size[0] == 3 * im.size[1]  # three panels side by side
 
 
+@pytest.mark.parametrize("model", ["flux", "wan22"])  # an image family (one frame), two experts
+def test_demo_runs_the_new_families(model, tmp_path, capsys):
+    res = run_demo(model, steps=8, eps=0.5, eps_start=0.5, calibration_samples=1, out_dir=str(tmp_path), repeats=1)
+    assert "PSNR vs uncached" in capsys.readouterr().out
+    assert 1 <= res["nfe"] < 8 and res["psnr"] > 0
+    with Image.open(res["gif"]) as im:
+        assert im.size[0] == 3 * im.size[1]
+        assert im.n_frames == (1 if model == "flux" else 9)
+
+
 def test_psnr():
     import torch
 

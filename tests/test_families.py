@@ -215,3 +215,28 @@ def test_graph_mode_logic_equals_eager_with_replaying_stand_ins(arch, fam, repla
         assert [s for i, s in enumerate(stats.scores) if i not in firsts] == [
             s for i, s in enumerate(want_stats.scores) if i not in firsts]
     assert replaying and all(sencache.hooks._hook(tr).mode == "graph" for tr in plumbing.transformers(pipe))
+
+
+def test_an_adapter_registered_by_the_user(fam, uncached):
+    """The README's way to add a family: a transformer class SenCache does not know is refused with the recipe, and
+    works once an Adapter for it is registered."""
+    from sencache.adapters import _ADAPTERS, Adapter, register
+
+    pipe = fam["cogview4"]
+    original = type(pipe.transformer)
+    mine = type("MyDiTTransformer2DModel", (original,), {})
+    pipe.transformer.__class__ = mine
+    try:
+        with pytest.raises(ValueError, match=r"does not support MyDiTTransformer2DModel.*register"):
+            sencache.apply_sencache(pipe, sencache.SenCacheConfig(profile=profile(pipe)))
+        register(lambda: Adapter(model_class="MyDiTTransformer2DModel", blocks=("transformer_blocks",),
+                                 guidance="separate"))
+        prof = sencache.SensitivityProfile(profile(pipe).timesteps, torch.ones(5), torch.full((5,), 1e-2),
+                                           metadata={"transformer_class": "MyDiTTransformer2DModel"})
+        sencache.apply_sencache(pipe, sencache.SenCacheConfig(profile=prof, eps=0.0, eps_start=0.0))
+        assert torch.equal(call(pipe, "cogview4"), uncached["cogview4"][0])
+        assert sencache.get_stats(pipe).nfe == STEPS
+    finally:
+        sencache.remove_sencache(pipe)
+        pipe.transformer.__class__ = original
+        _ADAPTERS.pop("MyDiTTransformer2DModel", None)

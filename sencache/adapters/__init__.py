@@ -103,7 +103,10 @@ def get_adapter(transformer: torch.nn.Module) -> Adapter:
     if name not in _ADAPTERS:
         raise ValueError(
             f"SenCache does not support {name}; supported transformers: {', '.join(supported_models())}. "
-            "Add an adapter file under sencache/adapters/ for a new architecture."
+            f"To add it, register an Adapter naming its block list(s) and guidance style, e.g. "
+            f"`@sencache.adapters.register` on `def mine(): return Adapter(model_class={name!r}, "
+            "blocks=('transformer_blocks',), guidance='separate')` (README: \"Add a model family\"; in the "
+            "repository, one file under sencache/adapters/)."
         )
     return _ADAPTERS[name]
 
