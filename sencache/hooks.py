@@ -87,7 +87,8 @@ class SenCacheHook(ModelHook):
         return lane
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.args = plumbing.Args(type(module).forward, self.adapter.latent_arg, self.adapter.timestep_arg)
+        self.args = plumbing.Args(type(module).forward, self.adapter.latent_arg, self.adapter.timestep_arg,
+                                  *self.adapter.uncacheable_args)
         return module
 
     def latent(self, args: tuple, kwargs: dict) -> Any:
@@ -111,6 +112,11 @@ class SenCacheHook(ModelHook):
         if not isinstance(x, torch.Tensor) or t is None:
             raise ValueError(f"SenCache: the transformer was called without `{self.adapter.latent_arg}` or "
                              f"`{self.adapter.timestep_arg}`")
+        for arg in self.adapter.uncacheable_args:  # they change the stack from inside: it cannot stand for it
+            if self.args.get(args, kwargs, arg) is not None:
+                raise ValueError(f"SenCache cannot cache {type(module).__name__}'s block stack in a call with "
+                                 f"`{arg}` (it changes the streams between blocks); call "
+                                 "sencache.remove_sencache(pipe) for such calls")
         with self.lock:
             lane = self.lane = self.latest = self.own_lane()
             name, step = lane.clock.enter(module, name, x, t, step_index, ctx_steps)

@@ -240,3 +240,12 @@ def test_an_adapter_registered_by_the_user(fam, uncached):
         sencache.remove_sencache(pipe)
         pipe.transformer.__class__ = original
         _ADAPTERS.pop("MyDiTTransformer2DModel", None)
+
+
+def test_skip_layer_guidance_is_refused_not_cached_wrongly(fam):
+    """SD3's skip-layer guidance runs the transformer with some blocks left out: the stack cannot be cached as one,
+    so such a call raises instead of returning a cached stack output."""
+    pipe = fam["sd3"]
+    sencache.apply_sencache(pipe, sencache.SenCacheConfig(profile=profile(pipe)))
+    with pytest.raises(ValueError, match="skip_layers"):
+        call(pipe, "sd3", skip_guidance_layers=[0], skip_layer_guidance_start=0.0)

@@ -36,6 +36,8 @@ class Adapter:
         timestep_arg: the transformer's argument holding the timestep ``t``.
         timestep_scale: the transformer receives the scheduler's timestep times this (Flux, Qwen-Image: 1/1000);
             profiles are in the transformer's units.
+        uncacheable_args: transformer arguments that change the streams between blocks (ControlNet residuals,
+            skipped layers): a call that passes one raises a clear error rather than caching wrongly.
         optional_blocks: block lists that may be empty in a given config (at least one list must have blocks).
         block_outputs: ``((block class name, (hidden index, encoder index or None)), ...)`` for block classes
             without diffusers metadata.
@@ -50,6 +52,7 @@ class Adapter:
     timestep_arg: str = "timestep"
     optional_blocks: tuple[str, ...] = ()
     timestep_scale: float = 1.0
+    uncacheable_args: tuple[str, ...] = ()
     block_outputs: tuple[tuple[str, tuple[int, int | None]], ...] = ()
 
     def __post_init__(self) -> None:

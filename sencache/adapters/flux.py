@@ -8,4 +8,5 @@ from sencache.adapters import Adapter, register
 def flux() -> Adapter:
     return Adapter(model_class="FluxTransformer2DModel", blocks=("transformer_blocks", "single_transformer_blocks"),
                    guidance="distilled", optional_blocks=("single_transformer_blocks",),
-                   timestep_scale=1e-3)
+                   timestep_scale=1e-3,
+                   uncacheable_args=("controlnet_block_samples", "controlnet_single_block_samples"))

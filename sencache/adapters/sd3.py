@@ -6,4 +6,5 @@ from sencache.adapters import Adapter, register
 
 @register
 def sd3() -> Adapter:
-    return Adapter(model_class="SD3Transformer2DModel", blocks="transformer_blocks", guidance="batched")
+    return Adapter(model_class="SD3Transformer2DModel", blocks="transformer_blocks", guidance="batched",
+                   uncacheable_args=("block_controlnet_hidden_states", "skip_layers"))
