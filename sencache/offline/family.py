@@ -119,3 +119,13 @@ class Family:
     output: str
     facts: Facts
     seq_len: Callable[[DiffusionPipeline], int] = field(default=lambda pipe: TEXT_SEQ_LEN)
+
+
+def image_vae(seed: int, latent_channels: int) -> Any:
+    """The tiny one-level ``AutoencoderKL`` of the image families (Flux, SD3), seeded."""
+    from diffusers import AutoencoderKL
+
+    return seeded(seed, lambda: AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+        latent_channels=latent_channels, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035))

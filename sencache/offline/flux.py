@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-from sencache.offline.family import Facts, Family, Request, seeded
+from sencache.offline.family import Facts, Family, Request, image_vae, seeded
 
 
 def _build(seed: int, overrides: dict[str, Any]) -> FluxPipeline:
@@ -30,22 +30,7 @@ def _build(seed: int, overrides: dict[str, Any]) -> FluxPipeline:
     }
     config.update(overrides)
     transformer = seeded(seed, lambda: FluxTransformer2DModel(**config))
-    vae = seeded(
-        seed,
-        lambda: AutoencoderKL(
-            sample_size=32,
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(4,),
-            layers_per_block=1,
-            latent_channels=1,
-            norm_num_groups=1,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            shift_factor=0.0609,
-            scaling_factor=1.5035,
-        ),
-    )
+    vae = image_vae(seed, latent_channels=1)
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae,

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
-from sencache.offline.family import Facts, Family, Request, seeded
+from sencache.offline.family import Facts, Family, Request, image_vae, seeded
 
 
 def _build(seed: int, overrides: dict[str, Any]) -> StableDiffusion3Pipeline:
@@ -27,22 +27,7 @@ def _build(seed: int, overrides: dict[str, Any]) -> StableDiffusion3Pipeline:
     }
     config.update(overrides)
     transformer = seeded(seed, lambda: SD3Transformer2DModel(**config))
-    vae = seeded(
-        seed,
-        lambda: AutoencoderKL(
-            sample_size=32,
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(4,),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=1,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            shift_factor=0.0609,
-            scaling_factor=1.5035,
-        ),
-    )
+    vae = image_vae(seed, latent_channels=4)
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(),
