@@ -137,6 +137,8 @@ class StepClock:
               ctx_steps: int | None) -> tuple[str, Step | None]:
         """A call of context ``name`` with latent ``x`` at timestep ``t``: the context it runs as, and the step it
         starts (None for a call that follows the step's decision: another context, or a repeat within the step)."""
+        if step_index is not None and self.leader is not None and name != self.leader and step_index >= self.step:
+            return self._follow(name), None  # the common following call (Wan's "uncond"), told its step
         root, k = view_entry(t)
         known = ctx_steps or self.config.num_inference_steps
         if root is not None and known and len(root) != known:  # a view of some other table, not the schedule
