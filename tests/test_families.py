@@ -195,7 +195,7 @@ def test_compiled_equals_eager_without_graph_breaks(arch, fam):  # a transposed 
         torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("arch", ["flux", "sd3", "hunyuanvideo", "wan22"])
+@pytest.mark.parametrize("arch", FAMILIES)
 def test_graph_mode_logic_equals_eager_with_replaying_stand_ins(arch, fam, replaying):
     """Graph mode's capture and replay logic with the CPU stand-ins of the CUDA steps (conftest.replaying): the
     decisions and the output of eager mode, including two block lists, a stream that ends as None and two experts."""
