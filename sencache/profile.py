@@ -35,7 +35,12 @@ _FIELDS = {
     "scheduler_config": (lambda v: isinstance(v, Mapping), "a JSON object"),
     "num_inference_steps": (_positive_int, "an integer >= 1"),
     "num_samples": (_positive_int, "an integer >= 1"),
+    "guidance_contexts": (_positive_int, "an integer >= 1"),
 }
+# Optional tables of what planning needs (profiles from before they existed load without them): per step, the
+# latent drift ||x_{k+1} - x_k|| over the calibration samples (mean, spread, per sample) and the timestep gap.
+_STEP_TABLES = ("drift", "drift_std", "dt")
+_SAMPLE_TABLES = ("jx_samples", "jt_samples", "drift_samples")
 
 
 def check_metadata(metadata: Any, require_class: bool = False) -> dict:
@@ -104,6 +109,10 @@ class SensitivityProfile:
             ``sencache_version``; free-form otherwise.
         jx_samples: optional per-sample values ``[num_samples, len(timesteps)]`` (for spreads and plots).
         jt_samples: optional, like ``jx_samples``.
+        drift: optional per-step mean over the calibration samples of the latent drift ``||x_{k+1} - x_k||``.
+        drift_std: optional per-step standard deviation of that drift over the samples (0 with one sample).
+        dt: optional per-step timestep gap ``|t_{k+1} - t_k|`` (the last step: the gap before it).
+        drift_samples: optional per-sample drift, like ``jx_samples``.
     """
 
     timesteps: torch.Tensor
@@ -112,6 +121,10 @@ class SensitivityProfile:
     metadata: dict = field(default_factory=dict)
     jx_samples: torch.Tensor | None = None
     jt_samples: torch.Tensor | None = None
+    drift: torch.Tensor | None = None
+    drift_std: torch.Tensor | None = None
+    dt: torch.Tensor | None = None
+    drift_samples: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.timesteps, self.jx, self.jt = (_table(k, getattr(self, k)) for k in ("timesteps", "jx", "jt"))
@@ -132,12 +145,14 @@ class SensitivityProfile:
         sorted_t = self.timesteps[order]
         if n > 1 and not bool((sorted_t[1:] > sorted_t[:-1]).all()):
             raise ValueError("SensitivityProfile: timesteps must be distinct")
-        for name in ("jx_samples", "jt_samples"):
+        for name in _SAMPLE_TABLES + _STEP_TABLES:
             v = getattr(self, name)
             if v is not None:
                 v = _table(name, v)
-                if v.dim() != 2 or v.shape[1] != n:
-                    raise ValueError(f"SensitivityProfile: {name} must be [num_samples, {n}], got {tuple(v.shape)}")
+                want = (v.dim() == 2 and v.shape[1] == n) if name in _SAMPLE_TABLES else v.shape == (n,)
+                if not want:
+                    shape = f"[num_samples, {n}]" if name in _SAMPLE_TABLES else f"({n},)"
+                    raise ValueError(f"SensitivityProfile: {name} must be {shape}, got {tuple(v.shape)}")
                 if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
                     raise ValueError(f"SensitivityProfile: {name} must be finite and >= 0; recalibrate the profile")
                 setattr(self, name, v)
@@ -271,10 +286,9 @@ class SensitivityProfile:
         from safetensors.torch import save_file
 
         tensors = {"timesteps": self.timesteps, "jx": self.jx, "jt": self.jt}
-        if self.jx_samples is not None:
-            tensors["jx_samples"] = self.jx_samples
-        if self.jt_samples is not None:
-            tensors["jt_samples"] = self.jt_samples
+        for name in _SAMPLE_TABLES + _STEP_TABLES:
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
         header = {"format": str(PROFILE_FORMAT), "metadata": json.dumps(self.metadata, sort_keys=True)}
         save_file({k: v.contiguous() for k, v in tensors.items()}, os.fspath(path), metadata=header)
 
@@ -307,7 +321,7 @@ class SensitivityProfile:
             return cls(
                 timesteps=tensors["timesteps"], jx=tensors["jx"], jt=tensors["jt"],
                 metadata=check_metadata(metadata, require_class=True),
-                jx_samples=tensors.get("jx_samples"), jt_samples=tensors.get("jt_samples"),
+                **{name: tensors.get(name) for name in _SAMPLE_TABLES + _STEP_TABLES},
             )
         except ValueError as exc:
             msg = str(exc).removeprefix("SensitivityProfile: ").removesuffix("; recalibrate the profile")
