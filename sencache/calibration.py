@@ -4,9 +4,13 @@ For each step ``k`` of a real sampling run (the pipeline's scheduler, guidance a
 conditional branch, per sample, with L2 norms over the whole output::
 
     Jx(t_k) = ||f(x_{k+1}, t_k) - f(x_k, t_k)|| / ||x_{k+1} - x_k||      (x_{k+1}: the solver's next latent)
-    Jt(t_k) = ||f(x_k, t_{k+1}) - f(x_k, t_k)|| / |t_{k+1} - t_k|        (t_{k-1} instead at the last step)
+    Jt(t_k) = ||f(x', t_{k+1}) - f(x', t_k)|| / |t_{k+1} - t_k|          (x' = x_{k+1}, or x_k: the estimator)
 
-then the mean over samples. This costs two extra transformer evaluations per step and sample.
+then the mean over samples. The estimators (``calibration_estimators``): ``"chained"`` (default) reuses the
+sampler's next evaluation for Jt, one extra conditional evaluation per step (1.5x the transformer rows of a CFG
+generation); ``"central"`` takes both at ``x_k``, two extra per step. Along the way the profile records, per step,
+the latent drift ``||x_{k+1} - x_k||`` (mean and spread over samples), the timestep gap and the number of guidance
+contexts. Noise is drawn with a CPU generator, so the same seeds give the same profile on every device.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from diffusers.hooks.hooks import ModelHook
 from tqdm.auto import tqdm
 
+from sencache import calibration_estimators as estimators
 from sencache import plumbing
 from sencache.adapters import Adapter, get_adapter
 from sencache.hooks import _hook
@@ -26,10 +31,6 @@ from sencache.profile import SensitivityProfile, describe_components
 _CALIBRATION_HOOK = "sencache_calibration"
 _RESERVED = ("callback_on_step_end", "callback_on_step_end_tensor_inputs", "generator", "num_inference_steps",
              "output_type")
-
-
-def _per_sample_norm(a: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(a.double().reshape(a.shape[0], -1), dim=1)
 
 
 class _CalibrationHook(ModelHook):
@@ -53,10 +54,24 @@ class _CalibrationHook(ModelHook):
         return module
 
     def eval(self, args: tuple, kwargs: dict, latent: torch.Tensor | None = None, t: torch.Tensor | None = None):
+        """The conditional output of this transformer on a call's arguments with ``latent`` and/or ``t`` replaced
+        (whole-batch values). Under batched CFG only the conditional half is evaluated: every argument whose first
+        dimension is the batch is cut to its second half."""
+        values = {}
         if latent is not None:
-            args, kwargs = self.args.replace(args, kwargs, **{self.adapter.latent_arg: latent})
+            values[self.adapter.latent_arg] = latent
         if t is not None:
-            args, kwargs = self.args.replace(args, kwargs, **{self.adapter.timestep_arg: t})
+            values[self.adapter.timestep_arg] = t
+        args, kwargs = self.args.replace(args, kwargs, **values)
+        if self.calibration.halves:
+            n = self.args.get(args, kwargs, self.adapter.latent_arg).shape[0]
+            cut = self.calibration.cond
+
+            def half(v: Any) -> Any:
+                return cut(v) if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n else v
+
+            args, kwargs = tuple(half(v) for v in args), {k: half(v) for k, v in kwargs.items()}
+            return plumbing.output_tensor(self.fn_ref.original_forward(*args, **kwargs))
         return self.calibration.cond(plumbing.output_tensor(self.fn_ref.original_forward(*args, **kwargs)))
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -67,31 +82,36 @@ class _CalibrationHook(ModelHook):
 
 
 class _Calibration:
-    """Records f(x_k, t_k) on the deciding context and evaluates the finite differences around it, in the
-    transformer's timestep units (the schedule times the adapter's ``timestep_scale``)."""
+    """Records f(x_k, t_k) on the deciding context and hands it to the run's estimator, in the transformer's timestep
+    units (the schedule times the adapter's ``timestep_scale``); keeps the per-sample tables of all runs."""
 
-    def __init__(self, adapter: Adapter, pipe: Any) -> None:
+    def __init__(self, adapter: Adapter, pipe: Any, estimator: str) -> None:
+        if estimator not in estimators.ESTIMATORS:
+            raise ValueError(f"estimator must be one of {estimators.ESTIMATORS}, got {estimator!r}")
         self.adapter = adapter
         self.pipe = pipe
+        self.estimator = estimator
         self.jx: list[torch.Tensor] = []
         self.jt: list[torch.Tensor] = []
+        self.drift: list[torch.Tensor] = []
         self.timesteps: list[float] = []
+        self.contexts = 0
         self.begin_run()
 
     def begin_run(self) -> None:
         self.leader: str | None = None
-        self.prev: tuple | None = None
         self.schedule: list[float] | None = None
         self.step = -1
         self.halves = False
-        self.run_jx: list[torch.Tensor] = []
-        self.run_jt: list[torch.Tensor] = []
+        self.names: set[str] = set()
+        self.run: estimators.Estimator | None = None
 
     def cond(self, y: torch.Tensor) -> torch.Tensor:
         """The conditional branch of a transformer input or output (the second half under batched CFG)."""
         return y[y.shape[0] // 2:] if self.halves else y
 
     def on_call(self, hook: _CalibrationHook, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+        self.names.add(name)
         if self.leader is None:
             self.leader = name
         if name != self.leader:
@@ -104,37 +124,30 @@ class _Calibration:
             h = x.shape[0] // 2
             # batched CFG feeds [uncond, cond] halves of one latent: identical halves mean guidance is on
             self.halves = self.adapter.batched_cfg and x.shape[0] % 2 == 0 and torch.equal(x[:h], x[h:])
-        k, ts = self.step, self.schedule
-        t = hook.args.get(args, kwargs, self.adapter.timestep_arg)
+            self.run = estimators.make(self.estimator, self)
+        if self.step >= len(self.schedule):
+            raise RuntimeError(f"calibration saw more transformer calls than the {len(self.schedule)} steps of the "
+                               "schedule; the pipeline may not be supported")
         f = self.cond(plumbing.output_tensor(out)).detach().clone()
-        k_other = k + 1 if k + 1 < len(ts) else k - 1
-        if k_other < 0:
-            raise ValueError("calibration needs at least 2 inference steps")
-        f_t = hook.eval(args, kwargs, t=torch.full_like(t, ts[k_other]))
-        self.run_jt.append(_per_sample_norm(f_t - f) / abs(ts[k_other] - ts[k]))
-        self.prev = (hook, args, kwargs, x, f)
+        self.run.on_point(self.step, estimators.Point(hook, args, kwargs, x.detach().clone(), f))
 
     def on_step_end(self, latents: torch.Tensor) -> None:
-        """Jx of the step just taken: the next latent ``x_{k+1}`` evaluated at the same ``t_k`` (by the transformer
-        that took the step)."""
-        hook, args, kwargs, x, f = self.prev
-        x_next = latents
-        if x_next.shape[0] != x.shape[0]:  # batched CFG doubles the latent
-            x_next = torch.cat([x_next] * (x.shape[0] // x_next.shape[0]))
-        x_next = x_next.to(x.dtype)
-        f_x = hook.eval(args, kwargs, latent=x_next)
-        dx = _per_sample_norm(self.cond(x_next) - self.cond(x)).clamp_min(1e-30)
-        self.run_jx.append(_per_sample_norm(f_x - f) / dx)
+        """The latent after the step just taken (``x_{k+1}``)."""
+        if self.run is not None:
+            self.run.on_latents(self.step, latents)
 
     def end_run(self) -> None:
-        if len(self.run_jx) != len(self.schedule) or len(self.run_jt) != len(self.schedule):
-            raise RuntimeError(f"calibration saw {len(self.run_jt)} transformer calls for a schedule of "
-                               f"{len(self.schedule)} steps; the pipeline may not be supported")
+        run = self.run
+        if run is None or any(v is None for v in (*run.jx, *run.jt)):
+            raise RuntimeError(f"calibration saw {self.step + 1} transformer calls for a schedule of "
+                               f"{len(self.schedule or ())} steps; the pipeline may not be supported")
         if self.timesteps and self.timesteps != self.schedule:
             raise ValueError("calibration runs used different schedules; use the same pipeline arguments for all")
         self.timesteps = self.schedule
-        self.jx.append(torch.stack(self.run_jx, dim=1).cpu())  # [samples of this run, steps]
-        self.jt.append(torch.stack(self.run_jt, dim=1).cpu())
+        self.contexts = max(self.contexts, len(self.names) * (2 if self.halves else 1))
+        self.jx.append(torch.stack(run.jx, dim=1).cpu())  # [samples of this run, steps]
+        self.jt.append(torch.stack(run.jt, dim=1).cpu())
+        self.drift.append(torch.stack(run.drift, dim=1).cpu())
 
 
 def calibrate(
@@ -146,6 +159,7 @@ def calibrate(
     seeds: Sequence[int] | None = None,
     num_inference_steps: int = 50,
     progress: bool = True,
+    estimator: str = "chained",
     **pipe_kwargs: Any,
 ) -> SensitivityProfile:
     """Calibrate the sensitivities of ``pipe``'s transformer along its own sampling trajectories.
@@ -159,11 +173,16 @@ def calibrate(
         seeds: one seed per sample (default ``0 .. num_samples - 1``).
         num_inference_steps: steps of the schedule to calibrate (the profile serves other step counts too).
         progress: show a progress bar.
+        estimator: ``"chained"`` (Jt taken at ``x_{k+1}`` from the sampler's next evaluation: one extra conditional
+            evaluation per step) or ``"central"`` (Jt at ``x_k``: two); see ``sencache.calibration_estimators``.
         **pipe_kwargs: further pipeline arguments shared by all samples (height, width, num_frames,
             guidance_scale, ...). With neither ``prompts`` nor ``conditions`` they must hold the condition.
 
     Returns:
-        The ``SensitivityProfile`` with per-sample values in ``jx_samples`` / ``jt_samples``.
+        The ``SensitivityProfile`` with per-sample values in ``jx_samples`` / ``jt_samples`` / ``drift_samples``,
+        the drift's mean and spread (``drift``, ``drift_std``), the timestep gaps (``dt``) and, in the metadata,
+        ``guidance_contexts`` and ``estimator``. The noise comes from a CPU generator per seed, so the same seeds
+        give the same profile on every device (up to float error).
     """
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, torch.nn.Module):
@@ -195,14 +214,13 @@ def calibrate(
     if len(seeds) != num_samples:
         raise ValueError(f"got {len(seeds)} seeds for num_samples={num_samples}")
 
-    hook = _Calibration(adapters[0], pipe)
+    hook = _Calibration(adapters[0], pipe, estimator)
     registries = [plumbing.registry(tr) for tr in transformers]
     for registry, adapter in zip(registries, adapters, strict=True):
         registry.register_hook(_CalibrationHook(adapter, hook), _CALIBRATION_HOOK)
     old_bar = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)
     bar = tqdm(total=num_samples * num_inference_steps, desc="SenCache calibration", disable=not progress)
-    device = getattr(pipe, "_execution_device", None) or next(transformer.parameters()).device
 
     def on_step_end(_pipe: Any, _i: int, _t: Any, tensors: dict) -> dict:
         hook.on_step_end(tensors["latents"])
@@ -213,7 +231,7 @@ def calibrate(
         with torch.no_grad():
             for i, seed in enumerate(seeds):
                 hook.begin_run()
-                generator = torch.Generator(device=device).manual_seed(int(seed))
+                generator = torch.Generator().manual_seed(int(seed))  # on the CPU: the same noise on every device
                 pipe(**{**pipe_kwargs, **conditions[i % len(conditions)]}, num_inference_steps=num_inference_steps,
                      generator=generator, output_type="latent", callback_on_step_end=on_step_end)
                 hook.end_run()
@@ -223,7 +241,10 @@ def calibrate(
             registry.remove_hook(_CALIBRATION_HOOK, recurse=False)
         pipe._progress_bar_config = old_bar
 
-    jx_samples, jt_samples = torch.cat(hook.jx), torch.cat(hook.jt)
+    jx_samples, jt_samples, drift = torch.cat(hook.jx), torch.cat(hook.jt), torch.cat(hook.drift)
+    ts = hook.timesteps
+    dt = [abs(ts[k + 1] - ts[k]) for k in range(len(ts) - 1)]
+    dt.append(dt[-1])  # the last step: the gap before it (its successor lies outside the schedule)
     metadata = {
         **describe_components(transformer, getattr(pipe, "scheduler", None)),
         "pipeline_class": type(pipe).__name__,
@@ -232,10 +253,14 @@ def calibrate(
         "seeds": seeds,
         "dtype": str(next(transformer.parameters()).dtype).replace("torch.", ""),
         "guidance_scale": pipe_kwargs.get("guidance_scale"),
+        "guidance_contexts": hook.contexts,
+        "estimator": estimator,
         "sencache_version": _version(),
     }
     return SensitivityProfile(timesteps=torch.tensor(hook.timesteps), jx=jx_samples.mean(0), jt=jt_samples.mean(0),
-                              metadata=metadata, jx_samples=jx_samples, jt_samples=jt_samples)
+                              metadata=metadata, jx_samples=jx_samples, jt_samples=jt_samples,
+                              drift=drift.mean(0), drift_std=drift.std(0, correction=0), dt=torch.tensor(dt),
+                              drift_samples=drift)
 
 
 def _version() -> str:
