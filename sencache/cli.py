@@ -1,4 +1,4 @@
-"""``sencache`` command line: ``demo``, ``quality``, ``train-reference`` and ``show PROFILE``."""
+"""``sencache`` command line: ``demo``, ``quality``, ``train-reference``, ``calibrate DIR`` and ``show PROFILE``."""
 
 from __future__ import annotations
 
@@ -6,17 +6,23 @@ import argparse
 import sys
 
 
-def show(path: str) -> None:
-    """Print a profile's metadata and its Jx/Jt table."""
+def show(path: str, plot: str | None = None) -> None:
+    """Print a profile's metadata and its Jx/Jt table; with ``plot``, draw Jx, Jt and the drift over t into it."""
     from sencache.profile import SensitivityProfile
 
     p = SensitivityProfile.load(path)
+    if plot is not None:
+        from sencache.cli_calibrate import plot as draw
+
+        draw(p, plot)
     for k, v in sorted(p.metadata.items()):
         if k != "scheduler_config":
             print(f"{k}: {v}")
-    print(f"{'step':>4} {'timestep':>10} {'Jx':>12} {'Jt':>12}")
+    drift = p.drift is not None and p.dt is not None  # profiles from before the planning tables have neither
+    print(f"{'step':>4} {'timestep':>10} {'Jx':>12} {'Jt':>12}" + (f" {'drift':>12} {'dt':>10}" if drift else ""))
     for i, (t, jx, jt) in enumerate(zip(p.timesteps.tolist(), p.jx.tolist(), p.jt.tolist(), strict=True)):
-        print(f"{i:>4} {t:>10.3f} {jx:>12.5g} {jt:>12.5g}")
+        more = f" {float(p.drift[i]):>12.5g} {float(p.dt[i]):>10.4g}" if drift else ""
+        print(f"{i:>4} {t:>10.3f} {jx:>12.5g} {jt:>12.5g}" + more)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,10 +34,13 @@ def main(argv: list[str] | None = None) -> None:
                    "(about 1.5 minutes on an idle 2-core CPU; see `sencache demo --help`)", add_help=False)
     sub.add_parser("quality", help="quality at matched NFE against MagCache, TeaCache and FirstBlockCache on the "
                    "reference model (see `sencache quality --help`)", add_help=False)
+    sub.add_parser("calibrate", help="calibrate a profile for a pipeline saved with save_pretrained (see `sencache "
+                   "calibrate --help`)", add_help=False)
     sub.add_parser("train-reference", help="train the reference model (see `sencache train-reference --help`)",
                    add_help=False)
     show_p = sub.add_parser("show", help="print a saved SensitivityProfile")
     show_p.add_argument("profile")
+    show_p.add_argument("--plot", metavar="PNG", help="also draw Jx, Jt and the drift over the timestep (matplotlib)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         from sencache.demo import main as demo_main
@@ -41,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         from sencache.quality import main as quality_main
 
         quality_main(rest)
+    elif args.command == "calibrate":
+        from sencache.cli_calibrate import main as calibrate_main
+
+        calibrate_main(rest)
     elif args.command == "train-reference":
         from sencache.reference.train import main as train_main
 
@@ -49,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         try:
-            show(args.profile)
-        except (OSError, ValueError) as exc:  # a missing, unreadable or malformed profile: one line, status 2
+            show(args.profile, args.plot)
+        except (OSError, ValueError, ImportError) as exc:  # a bad profile, no matplotlib: one line, status 2
             parser.exit(2, f"sencache show: {' '.join(str(exc).split())}\n")
 
 
