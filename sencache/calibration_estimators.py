@@ -55,7 +55,8 @@ class Estimator:
         self.jx: list[torch.Tensor | None] = [None] * n
         self.jt: list[torch.Tensor | None] = [None] * n
         self.drift: list[torch.Tensor | None] = [None] * n
-        self.points: list[Point] = []
+        self.points: list[Point | None] = []  # only the last two are kept (latents and outputs can be large)
+        self.hooks: list[Any] = []  # the transformer (its hook) that ran each step
 
     def _jx(self, k: int, x_next: torch.Tensor) -> torch.Tensor:
         """Jx of step k from its latent ``x_next`` (whole batch); records the drift; returns f(x_{k+1}, t_k)."""
@@ -73,6 +74,12 @@ class Estimator:
         g = p.hook.eval(p.args, p.kwargs, t=torch.full_like(t, ts[other]))
         return per_sample_norm(g - p.f) / abs(ts[other] - ts[k])
 
+    def _add(self, k: int, p: Point) -> None:
+        self.points.append(p)
+        self.hooks.append(p.hook)
+        if k >= 2:
+            self.points[k - 2] = None
+
     def next_latent(self, latents: torch.Tensor) -> torch.Tensor:
         """The pipeline's latent after a step as the transformer takes it (batched CFG doubles it)."""
         x = self.points[-1].x
@@ -83,7 +90,7 @@ class Estimator:
 
 class Central(Estimator):
     def on_point(self, k: int, p: Point) -> None:
-        self.points.append(p)
+        self._add(k, p)
         other = k + 1 if k + 1 < len(self.cal.schedule) else k - 1
         self.jt[k] = self._jt_at(k, other)
 
@@ -93,7 +100,7 @@ class Central(Estimator):
 
 class Chained(Estimator):
     def on_point(self, k: int, p: Point) -> None:
-        self.points.append(p)
+        self._add(k, p)
         if k == 0:
             return
         prev = self.points[k - 1]
@@ -110,7 +117,7 @@ class Chained(Estimator):
             self._backward_jt(k)
 
     def _backward_jt(self, k: int) -> None:
-        if k >= 1 and self.points[k - 1].hook is self.points[k].hook:
+        if k >= 1 and self.hooks[k - 1] is self.hooks[k]:
             self.jt[k] = self.jt[k - 1]  # the same pair: f(x_k, t_k) against f(x_k, t_{k-1}), same transformer
         else:
             self.jt[k] = self._jt_at(k, k - 1 if k >= 1 else k + 1)
