@@ -20,6 +20,42 @@ def run(pipe, arch, **kw):
     return pipe(**offline_pipelines.call_kwargs(arch, pipe, **kw)).frames
 
 
+def calibration_kwargs(arch, pipe, steps):
+    """A tiny pipeline's call arguments for ``calibrate`` (it sets the generator, step count and output itself)."""
+    from sencache import offline_pipelines
+
+    kw = offline_pipelines.call_kwargs(arch, pipe, num_inference_steps=steps)
+    for k in ("generator", "num_inference_steps", "output_type"):
+        kw.pop(k)
+    return kw
+
+
+def trajectory(pipe, arch, seed, steps):
+    """One pipeline call's leading (deciding) call of every step, as (transformer, its keyword inputs), the final
+    latent, and the transformer calls per step."""
+    from sencache import plumbing
+
+    calls, finals, handles = [], [], []
+    for tr in plumbing.transformers(pipe):
+        handles.append(tr.register_forward_pre_hook(
+            lambda m, a, kw: calls.append((m, {k: v.clone() if isinstance(v, torch.Tensor) else v
+                                               for k, v in kw.items()})), with_kwargs=True))
+
+    def on_end(_pipe, i, _t, tensors):
+        finals.append(tensors["latents"].clone())
+        return {}
+
+    try:
+        pipe(**calibration_kwargs(arch, pipe, steps), num_inference_steps=steps,
+             generator=torch.Generator().manual_seed(seed), output_type="latent", callback_on_step_end=on_end)
+    finally:
+        for h in handles:
+            h.remove()
+    per_step = len(calls) // steps
+    assert per_step * steps == len(calls)
+    return calls[::per_step], finals[-1], per_step
+
+
 def flat_profile(pipe, jx=0.0, jt=1e-2, timesteps=None):
     """A handcrafted profile: constant sensitivities over the whole timestep range."""
     import sencache

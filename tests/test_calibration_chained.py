@@ -11,39 +11,14 @@ import sencache
 from sencache import offline_pipelines as tiny
 from sencache import plumbing
 from sencache.adapters import get_adapter
+from tests.helpers import calibration_kwargs, trajectory
 
 STEPS = 6
 FAMILIES = (*tiny.ARCHITECTURES, "wan22", "flux", "sd3")
 
 
 def kwargs(arch, pipe):
-    kw = tiny.call_kwargs(arch, pipe, num_inference_steps=STEPS)
-    for k in ("generator", "num_inference_steps", "output_type"):
-        kw.pop(k)
-    return kw
-
-
-def trajectory(pipe, arch, seed):
-    """The leading (deciding) call of every step, as (transformer, its keyword inputs), and the final latent."""
-    calls, finals, handles = [], [], []
-    for tr in plumbing.transformers(pipe):
-        handles.append(tr.register_forward_pre_hook(
-            lambda m, a, kw: calls.append((m, {k: v.clone() if isinstance(v, torch.Tensor) else v
-                                               for k, v in kw.items()})), with_kwargs=True))
-
-    def on_end(_pipe, i, _t, tensors):
-        finals.append(tensors["latents"].clone())
-        return {}
-
-    try:
-        pipe(**kwargs(arch, pipe), num_inference_steps=STEPS, generator=torch.Generator().manual_seed(seed),
-             output_type="latent", callback_on_step_end=on_end)
-    finally:
-        for h in handles:
-            h.remove()
-    per_step = len(calls) // STEPS
-    assert per_step * STEPS == len(calls)
-    return calls[::per_step], finals[-1], per_step
+    return calibration_kwargs(arch, pipe, STEPS)
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
@@ -75,7 +50,7 @@ def test_chained_profile_matches_float64_finite_differences(arch):
         return float(a.norm())
 
     for row, seed in enumerate((3, 4)):
-        calls, final, per_step = trajectory(pipe, arch, seed)
+        calls, final, per_step = trajectory(pipe, arch, seed, STEPS)
         experts = [id(m) for m, _ in calls]
         if arch == "wan22":
             assert len(set(experts)) == 2  # both experts took steps: the switch is exercised

@@ -10,38 +10,13 @@ import sencache
 from sencache import offline_pipelines as tiny
 from sencache import plumbing
 from sencache.adapters import get_adapter
+from tests.helpers import calibration_kwargs, trajectory
 
 STEPS = 6
 
 
 def kwargs(arch, pipe):
-    kw = tiny.call_kwargs(arch, pipe, num_inference_steps=STEPS)
-    for k in ("generator", "num_inference_steps", "output_type"):
-        kw.pop(k)
-    return kw
-
-
-def trajectory(pipe, arch, seed):
-    """The leading (deciding) call of every step, as (transformer, its keyword inputs), and the final latent."""
-    calls, finals, handles = [], [], []
-    for tr in plumbing.transformers(pipe):
-        handles.append(tr.register_forward_pre_hook(
-            lambda m, a, kw: calls.append((m, {k: v.clone() if isinstance(v, torch.Tensor) else v
-                                               for k, v in kw.items()})), with_kwargs=True))
-
-    def on_end(_pipe, i, _t, tensors):
-        finals.append(tensors["latents"].clone())
-        return {}
-
-    try:
-        pipe(**kwargs(arch, pipe), num_inference_steps=STEPS, generator=torch.Generator().manual_seed(seed),
-             output_type="latent", callback_on_step_end=on_end)
-    finally:
-        for h in handles:
-            h.remove()
-    per_step = len(calls) // STEPS
-    assert per_step * STEPS == len(calls)
-    return calls[::per_step], finals[-1]
+    return calibration_kwargs(arch, pipe, STEPS)
 
 
 @pytest.mark.parametrize("arch", tiny.NEW_FAMILIES)
@@ -54,7 +29,7 @@ def test_calibrated_profile_matches_float64_finite_differences(arch):
     assert profile.timesteps.double().tolist() == pytest.approx(ts, rel=1e-6, abs=1e-9)
     batched = get_adapter(pipe.transformer).batched_cfg
     f64 = {id(tr): copy.deepcopy(tr).double() for tr in plumbing.transformers(pipe)}
-    calls, final = trajectory(pipe, arch, 3)
+    calls, final, _ = trajectory(pipe, arch, 3, STEPS)
     experts = {id(m) for m, _ in calls}
     assert len(experts) == (2 if arch == "wan22" else 1)  # Wan 2.2: both experts took steps
 
