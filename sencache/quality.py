@@ -108,7 +108,7 @@ class QualitySettings:
 
     steps: int = 50
     budgets: tuple[float, ...] = (0.6, 0.5, 0.4, 0.3)
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = tuple(m.name for m in METHODS.values() if m.in_default_run)
     eval_pairs: int = 16
     tune_pairs: int = 3
     calib_pairs: int = 8

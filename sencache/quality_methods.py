@@ -44,6 +44,7 @@ class Method:
         calibrate: ``calibrate(pipe, pairs, steps, progress) -> calibration``; ``None`` when it needs none.
         record_key: the key of its calibration in ``quality.json`` (``None`` for no calibration).
         to_record: the calibration as JSON values.
+        in_default_run: whether a run without ``--methods`` includes it (comparison rows do not).
     """
 
     name: str
@@ -54,14 +55,21 @@ class Method:
     calibrate: Callable[[Any, Sequence[Pair], int, bool], Any] | None = None
     record_key: str | None = None
     to_record: Callable[[Any], Any] = lambda calibration: calibration
+    in_default_run: bool = True
 
 
 # ------------------------------------------------------------------------------------------------------ SenCache
-def _sencache_calibrate(pipe: Any, pairs: Sequence[Pair], steps: int, progress: bool) -> Any:
+def _sencache_calibrate(pipe: Any, pairs: Sequence[Pair], steps: int, progress: bool,
+                        estimator: str = "chained") -> Any:
     import sencache
 
     return sencache.calibrate(pipe, prompts=[p.condition for p in pairs], seeds=[p.seed for p in pairs],
-                              num_samples=len(pairs), num_inference_steps=steps, progress=progress)
+                              num_samples=len(pairs), num_inference_steps=steps, progress=progress,
+                              estimator=estimator)
+
+
+def _sencache_central_calibrate(pipe: Any, pairs: Sequence[Pair], steps: int, progress: bool) -> Any:
+    return _sencache_calibrate(pipe, pairs, steps, progress, estimator="central")
 
 
 def _sencache_apply(pipe: Any, threshold: float, profile: Any, steps: int) -> None:
@@ -78,8 +86,14 @@ def _sencache_remove(pipe: Any) -> None:
     sencache.remove_sencache(pipe)
 
 
-def _profile_record(profile: Any) -> dict[str, list[float]]:
-    return {"timesteps": profile.timesteps.tolist(), "jx": profile.jx.tolist(), "jt": profile.jt.tolist()}
+def _profile_record(profile: Any) -> dict[str, Any]:
+    record = {"timesteps": profile.timesteps.tolist(), "jx": profile.jx.tolist(), "jt": profile.jt.tolist(),
+              "estimator": profile.metadata.get("estimator")}
+    for name in ("jx", "jt"):  # the sample-to-sample spread per step, when the profile kept its samples
+        samples = getattr(profile, f"{name}_samples")
+        if samples is not None and samples.shape[0] > 1:
+            record[f"{name}_std"] = samples.double().std(0).tolist()
+    return record
 
 
 # ------------------------------------------------------------------------------------------------------ MagCache
@@ -170,6 +184,9 @@ def _fbc_apply(pipe: Any, threshold: float, _calibration: None, _steps: int) -> 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sencache", "SenCache", (1e-3, 20.0), _sencache_apply, _sencache_remove, _sencache_calibrate, "profile",
            _profile_record),
+    Method("sencache_central", "SenCache (central-difference profile)", (1e-3, 20.0), _sencache_apply,
+           _sencache_remove, _sencache_central_calibrate, "profile_central", _profile_record,
+           in_default_run=False),
     Method("magcache", "MagCache (diffusers)", (1e-4, 20.0), _magcache_apply, _disable_cache, magcache_ratios,
            "mag_ratios"),
     Method("teacache", "TeaCache (ours, published alg.)", (1e-4, 20.0), _teacache_apply, _teacache_remove,

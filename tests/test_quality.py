@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sencache.metrics import psnr, rel_l2, ssim
-from sencache.quality import Pair, generate, main, make_pairs
+from sencache.quality import Pair, QualitySettings, generate, main, make_pairs
 from sencache.quality_methods import METHODS, applied, magcache_ratios
 from sencache.reference.model import load_reference_pipeline
 
@@ -118,10 +118,18 @@ def test_magcache_ratios_are_the_block_stack_residual_norm_ratios(pipe):
 
 
 def test_method_table(pipe):
-    assert list(METHODS) == ["sencache", "magcache", "teacache", "fbc"]
-    assert [m.record_key for m in METHODS.values()] == ["profile", "mag_ratios", "tea_coefficients", None]
+    assert list(METHODS) == ["sencache", "sencache_central", "magcache", "teacache", "fbc"]
+    assert [m.record_key for m in METHODS.values()] == ["profile", "profile_central", "mag_ratios",
+                                                         "tea_coefficients", None]
+    assert QualitySettings().methods == ("sencache", "magcache", "teacache", "fbc")  # the comparison row: opt-in
+    pairs = [Pair("red circle grow", 3), Pair("blue square rotate", 4)]
+    chained, central = (METHODS[name].calibrate(pipe, pairs, 4, False) for name in ("sencache", "sencache_central"))
+    assert (chained.metadata["estimator"], central.metadata["estimator"]) == ("chained", "central")
+    assert torch.equal(chained.jx, central.jx) and not torch.equal(chained.jt, central.jt)  # Jt taken elsewhere
+    record = METHODS["sencache_central"].to_record(central)
+    assert record["estimator"] == "central" and record["jx_std"] == central.jx_samples.double().std(0).tolist()
     assert all(0 < m.search_range[0] < m.search_range[1] for m in METHODS.values())
-    with pytest.raises(ValueError, match="unknown method 'nope'; choose from sencache, magcache"):
+    with pytest.raises(ValueError, match="unknown method .nope.; choose from sencache, sencache_central, magcache"):
         with applied(pipe, "nope", 0.1, {}, 4):
             pass
     ref = generate(pipe, Pair("red circle grow", 1), steps=4)
