@@ -15,6 +15,7 @@ contexts. Noise is drawn with a CPU generator, so the same seeds give the same p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,6 +126,7 @@ class _Calibration:
             # batched CFG feeds [uncond, cond] halves of one latent: identical halves mean guidance is on
             self.halves = self.adapter.batched_cfg and x.shape[0] % 2 == 0 and torch.equal(x[:h], x[h:])
             self.run = estimators.make(self.estimator, self)
+            self.numel = math.prod(x.shape[1:])  # per sample, as the decision's sqrt(numel) counts it
         if self.step >= len(self.schedule):
             raise RuntimeError(f"calibration saw more transformer calls than the {len(self.schedule)} steps of the "
                                "schedule; the pipeline may not be supported")
@@ -181,7 +183,8 @@ def calibrate(
     Returns:
         The ``SensitivityProfile`` with per-sample values in ``jx_samples`` / ``jt_samples`` / ``drift_samples``,
         the drift's mean and spread (``drift``, ``drift_std``), the timestep gaps (``dt``) and, in the metadata,
-        ``guidance_contexts`` and ``estimator``. The noise comes from a CPU generator per seed, so the same seeds
+        ``guidance_contexts``, ``estimator`` and ``latent_numel`` (elements per sample of the transformer's latent,
+        which ``sencache.planner`` needs). The noise comes from a CPU generator per seed, so the same seeds
         give the same profile on every device (up to float error).
     """
     transformer = getattr(pipe, "transformer", None)
@@ -254,6 +257,7 @@ def calibrate(
         "dtype": str(next(transformer.parameters()).dtype).replace("torch.", ""),
         "guidance_scale": pipe_kwargs.get("guidance_scale"),
         "guidance_contexts": hook.contexts,
+        "latent_numel": hook.numel,
         "estimator": estimator,
         "sencache_version": _version(),
     }

@@ -1,4 +1,5 @@
-"""``sencache`` command line: ``demo``, ``quality``, ``train-reference``, ``calibrate DIR`` and ``show PROFILE``."""
+"""``sencache`` command line: ``demo``, ``quality``, ``train-reference``, ``calibrate DIR``, ``show PROFILE`` and
+``plan PROFILE``."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
                    "reference model (see `sencache quality --help`)", add_help=False)
     sub.add_parser("calibrate", help="calibrate a profile for a pipeline saved with save_pretrained (see `sencache "
                    "calibrate --help`)", add_help=False)
+    sub.add_parser("plan", help="the tolerances for a speed target (--target-nfe N) and the NFE predicted from a "
+                   "profile's calibration trajectories (see `sencache plan --help`)", add_help=False)
     sub.add_parser("train-reference", help="train the reference model (see `sencache train-reference --help`)",
                    add_help=False)
     show_p = sub.add_parser("show", help="print a saved SensitivityProfile")
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         from sencache.cli_calibrate import main as calibrate_main
 
         calibrate_main(rest)
+    elif args.command == "plan":
+        from sencache.cli_plan import main as plan_main
+
+        plan_main(rest)
     elif args.command == "train-reference":
         from sencache.reference.train import main as train_main
 

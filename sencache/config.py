@@ -19,8 +19,8 @@ class SenCacheConfig:
 
     Args:
         profile: the calibrated sensitivities (``sencache.calibrate`` or ``SensitivityProfile.load``).
-        eps: RMS-per-element tolerance after the start phase (larger: more skips, lower fidelity).
-        eps_start: tolerance during the first ``start_fraction`` of the steps, where errors matter most.
+        eps: RMS-per-element tolerance after the start phase (larger: more skips, lower fidelity); default 0.07.
+        eps_start: tolerance during the first ``start_fraction`` of the steps, where errors matter most; default 0.005.
         start_fraction: fraction of the steps, in [0, 1], that use ``eps_start``.
         max_consecutive_skips: ``K``, the cap on consecutive skipped steps (0 disables skipping).
         force_first_steps: steps computed at the start whatever the score; ``None`` takes the model's default.
@@ -29,6 +29,12 @@ class SenCacheConfig:
         num_inference_steps: steps per generation, needed only when the transformer is used outside a pipeline
             that tells it (``apply_sencache`` on a bare transformer); otherwise read from the pipeline.
         interpolation: profile lookup between calibrated timesteps, ``"linear"`` or ``"nearest"``.
+        target_nfe: instead of ``eps``/``eps_start``, the expected block-stack evaluations (NFE) of a generation of the
+            profile's step count: the tolerances are planned for it from the profile's calibration trajectories
+            (``sencache.planner``; no model runs) and kept in ``plan``; the decision stays per sample.
+        speedup: alternatively, ``steps / NFE`` (``speedup=2`` is ``target_nfe = steps / 2``).
+        schedule: with a target, ``"fixed"`` (one ``eps`` after an ``eps_start`` phase, as without a target) or
+            ``"planned"`` (a tolerance per step, chosen to minimise the predicted error within the target).
 
     A config is frozen once built: ``apply_sencache`` checks it against the model and its hooks keep reading it, so a
     later change could bypass the checks or apply only in part. To change a value, build a new config with
@@ -36,14 +42,17 @@ class SenCacheConfig:
     """
 
     profile: SensitivityProfile | None = None
-    eps: float = 0.07
-    eps_start: float = 0.005
+    eps: float | None = None
+    eps_start: float | None = None
     start_fraction: float = 0.2
     max_consecutive_skips: int = 3
     force_first_steps: int | None = None
     force_last_steps: int | None = None
     num_inference_steps: int | None = None
     interpolation: str = "linear"
+    target_nfe: float | None = None
+    speedup: float | None = None
+    schedule: str = "fixed"
 
     def __post_init__(self) -> None:
         if not isinstance(self.profile, SensitivityProfile):
@@ -51,8 +60,24 @@ class SenCacheConfig:
                 f"SenCacheConfig needs a SensitivityProfile, got {type(self.profile).__name__}; make one with "
                 "sencache.calibrate(pipe, ...) or load one with sencache.SensitivityProfile.load(path)"
             )
+        targeted = self.target_nfe is not None or self.speedup is not None
+        given = [f"{k}={getattr(self, k)!r}" for k in ("eps", "eps_start") if getattr(self, k) is not None]
+        if targeted and given:
+            raise ValueError(
+                f"SenCacheConfig: give either a target (target_nfe/speedup: the tolerances are planned for it) or "
+                f"the tolerances ({', '.join(given)}), not both; from a config with tolerances: dataclasses.replace("
+                "config, target_nfe=..., eps=None, eps_start=None)"
+            )
+        if not targeted:
+            if self.schedule != "fixed":
+                raise ValueError(f"SenCacheConfig(schedule={self.schedule!r}) plans tolerances for a target: give "
+                                 "target_nfe=... or speedup=... with it")
+            object.__setattr__(self, "eps", DEFAULT_EPS if self.eps is None else self.eps)
+            object.__setattr__(self, "eps_start", DEFAULT_EPS_START if self.eps_start is None else self.eps_start)
         for name in ("eps", "eps_start"):
             v = getattr(self, name)
+            if v is None:  # with a target
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"SenCacheConfig.{name} must be a finite number >= 0, got {v!r}")
         f = self.start_fraction
@@ -70,6 +95,21 @@ class SenCacheConfig:
             raise ValueError(
                 f"SenCacheConfig.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
             )
+        self.plan = None  # the planned tolerances (sencache.planner.Plan) when a target is given
+        if targeted:
+            from sencache import planner
+
+            try:
+                self.plan = planner.plan(self.profile, self.target_nfe, speedup=self.speedup, schedule=self.schedule,
+                                         max_consecutive_skips=self.max_consecutive_skips,
+                                         force_first_steps=self.force_first_steps,
+                                         force_last_steps=self.force_last_steps, start_fraction=self.start_fraction)
+            except ValueError as exc:
+                raise ValueError(f"SenCacheConfig: {exc}") from None
+            steps = self.num_inference_steps
+            if steps is not None and steps != self.plan.steps:
+                raise ValueError(f"SenCacheConfig: num_inference_steps={steps}, but a target is planned for the "
+                                 f"profile's {self.plan.steps} steps; recalibrate at {steps} steps or drop the target")
         object.__setattr__(self, "_frozen", True)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -89,9 +129,13 @@ class SenCacheConfig:
         raise FrozenInstanceError(f"SenCacheConfig is frozen (cannot delete {name})")
 
     def tolerance(self, step: int, num_steps: int) -> float:
-        """The tolerance in force at ``step`` of ``num_steps``: ``eps_start`` in the start phase, then ``eps``."""
+        """The tolerance in force at ``step`` of ``num_steps``: ``eps_start`` in the start phase, then ``eps``; with a
+        target, the plan's tolerance of the step (ValueError at another step count than the plan's)."""
+        if self.plan is not None:
+            return self.plan.tolerance(step, num_steps)
         return self.eps_start if step < self.start_fraction * num_steps else self.eps
 
 
+DEFAULT_EPS, DEFAULT_EPS_START = 0.07, 0.005
 # SenCacheConfig's default eps_start / eps, kept along a sweep of eps (the quality benchmark's search, the demo).
-EPS_START_RATIO = SenCacheConfig.eps_start / SenCacheConfig.eps
+EPS_START_RATIO = DEFAULT_EPS_START / DEFAULT_EPS

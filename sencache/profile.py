@@ -36,6 +36,7 @@ _FIELDS = {
     "num_inference_steps": (_positive_int, "an integer >= 1"),
     "num_samples": (_positive_int, "an integer >= 1"),
     "guidance_contexts": (_positive_int, "an integer >= 1"),
+    "latent_numel": (_positive_int, "an integer >= 1 (elements per sample of the transformer's latent)"),
 }
 # Optional tables of what planning needs (profiles from before they existed load without them): per step, the
 # latent drift ||x_{k+1} - x_k|| over the calibration samples (mean, spread, per sample) and the timestep gap.

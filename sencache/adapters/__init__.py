@@ -100,6 +100,11 @@ def supported_models() -> list[str]:
     return sorted(_ADAPTERS)
 
 
+def find_adapter(model_class: str) -> Adapter | None:
+    """The adapter registered for the transformer class named ``model_class``, or None."""
+    return _ADAPTERS.get(model_class)
+
+
 def get_adapter(transformer: torch.nn.Module) -> Adapter:
     """The adapter for ``transformer``'s class; ValueError naming the supported classes otherwise."""
     name = type(transformer).__name__

@@ -1,0 +1,264 @@
+"""Tolerances for a speed target, planned on the host from a profile's calibration trajectories (no model runs).
+
+``SenCacheConfig(profile=..., target_nfe=N)`` (or ``speedup=s``, ``N = steps / s``) asks for the tolerances whose
+expected number of block-stack evaluations (NFE) in a generation is ``N``. The planner simulates the decision rule
+(``Jx(t_r) ||x_m - x_r|| + Jt(t_r) |t_m - t_r| <= eps_m sqrt(numel)``, at most ``K`` skips in a row, forced steps) on
+every calibration sample the profile recorded, with the profile's ``Jx, Jt`` tables as the runtime looks them up; the
+runtime still decides per sample. The expected NFE is the mean over those samples.
+
+The profile holds the drift of single steps, ``||x_{k+1} - x_k||``, per sample. For the distance from a reference
+step ``r`` to a later step ``m`` the simulator takes their sum, ``sum_{k=r}^{m-1} ||x_{k+1} - x_k||``: exact for a
+trajectory that runs straight over the skipped steps (flow matching whose velocity stays put), an upper bound
+otherwise (triangle inequality), so a prediction errs towards computing more. The trajectories are the uncached ones;
+a cached run drifts a little differently.
+
+Schedules:
+
+- ``"fixed"``: one ``eps`` after a start phase (``eps_start = EPS_START_RATIO * eps`` for the first
+  ``start_fraction`` of the steps), ``eps`` found by bisection on the predicted NFE.
+- ``"planned"``: eps(t), one tolerance per step. Dynamic programming picks the ``round(N)`` steps to compute that
+  minimise the predicted error of the mean calibration trajectory: skipping step ``m`` with reference ``r`` costs
+  ``dt_m (Jx(t_r) ||x_m - x_r|| + Jt(t_r) |t_m - t_r|)``, the first-order change of the output times the timestep
+  gap over which the sampler applies it (for a flow-matching Euler step, the error it leaves in the next latent).
+  A skipped step's tolerance is the score the plan skips it at; a computed step keeps the tolerance of the step
+  before it when that one was skipped (the score only grows along a run of skips, so the plan's trajectory computes
+  there), else 0. One factor on the whole table is then found by bisection on the predicted NFE over all samples: a
+  sample that drifts more than the others scores higher and computes more.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from sencache.config import EPS_START_RATIO
+from sencache.profile import SensitivityProfile
+
+SCHEDULES = ("fixed", "planned")
+_SEARCH_ITERS = 40  # log-space bisection over [1e-9, 2] x the largest score: last steps of 2e-11 (relative)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Tolerances planned for a speed target.
+
+    Attributes:
+        schedule: ``"fixed"`` or ``"planned"``.
+        target_nfe: the block-stack evaluations per generation asked for.
+        eps: the tolerance of every step (RMS per element, like ``SenCacheConfig.eps``).
+        predicted_nfe: the simulated NFE, mean over the calibration samples.
+        sample_nfe: the simulated NFE of each calibration sample.
+        compute_fraction: per step, the fraction of the calibration samples that compute it.
+        predicted_error: the predicted error (the planner's cost), mean over the calibration samples.
+    """
+
+    schedule: str
+    target_nfe: float
+    eps: tuple[float, ...]
+    predicted_nfe: float
+    sample_nfe: tuple[float, ...]
+    compute_fraction: tuple[float, ...]
+    predicted_error: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.eps)
+
+    def tolerance(self, step: int, num_steps: int) -> float:
+        """The tolerance of ``step``; ValueError when the generation has another step count than the plan."""
+        if num_steps != len(self.eps):
+            raise ValueError(
+                f"SenCache: the tolerances were planned for target_nfe={self.target_nfe:g} at {len(self.eps)} steps "
+                f"(the profile's calibration), the pipeline runs {num_steps}; call it with num_inference_steps="
+                f"{len(self.eps)}, or recalibrate the profile at {num_steps} steps, or give eps/eps_start instead"
+            )
+        return self.eps[step]
+
+
+@dataclass
+class Trajectories:
+    """What the simulator reads, float64 on the CPU: per step ``t``, ``jx``, ``jt``, the error weight ``dt`` and the
+    forced steps; per sample ``reach[s, m]``, the summed drift from step 0 to step ``m``."""
+
+    t: torch.Tensor
+    jx: torch.Tensor
+    jt: torch.Tensor
+    dt: torch.Tensor
+    reach: torch.Tensor
+    root_n: float
+    forced: torch.Tensor
+    max_skips: int
+
+    @classmethod
+    def from_profile(cls, profile: SensitivityProfile, max_skips: int, force_first: int | None = None,
+                     force_last: int | None = None) -> Trajectories:
+        """The profile's trajectories; ``force_first``/``force_last`` None: the model's defaults (its adapter)."""
+        missing = [k for k in ("drift_samples", "dt") if getattr(profile, k) is None]
+        missing += [] if "latent_numel" in profile.metadata else ["metadata latent_numel"]
+        if missing:
+            raise ValueError(
+                f"planning tolerances for a speed target needs the calibration trajectories a profile records (drift "
+                f"per sample, timestep gaps, latent size); this profile has no {', '.join(missing)} (it was made by "
+                "an older sencache or by hand). Recalibrate with sencache.calibrate(pipe, ...) or `sencache calibrate "
+                "PIPELINE_DIR ...`, or give eps/eps_start instead of a target"
+            )
+        from sencache.adapters import find_adapter
+
+        adapter = find_adapter(str(profile.metadata.get("transformer_class")))
+        first = (adapter.force_first_steps if adapter else 1) if force_first is None else force_first
+        last = (adapter.force_last_steps if adapter else 0) if force_last is None else force_last
+        n = len(profile)
+        steps = torch.arange(n)
+        drift = profile.drift_samples
+        reach = torch.cat([torch.zeros(drift.shape[0], 1, dtype=torch.float64), drift[:, :-1].cumsum(1)], dim=1)
+        return cls(profile.timesteps, profile.jx, profile.jt, profile.dt, reach,
+                   math.sqrt(profile.metadata["latent_numel"]), (steps < max(1, first)) | (steps >= n - last),
+                   max_skips)
+
+    def scores(self, reach: torch.Tensor) -> torch.Tensor:
+        """``[..., r, m]``: the score at step ``m`` with reference ``r``, for trajectories ``reach [..., n]``."""
+        dx = (reach.unsqueeze(-2) - reach.unsqueeze(-1)).abs()
+        return self.jx[:, None] * dx + self.jt[:, None] * (self.t[None, :] - self.t[:, None]).abs()
+
+
+def simulate(traj: Trajectories, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decision rule on every sample with the tolerances ``eps [n]``: ``(computed [S, n] bool, error [S])``, the
+    error summing ``dt_m * score`` over the skipped steps."""
+    s, n = traj.reach.shape
+    rows = torch.arange(s)
+    ref = torch.zeros(s, dtype=torch.long)
+    skips = torch.zeros(s, dtype=torch.long)
+    computed = torch.ones(s, n, dtype=torch.bool)
+    error = torch.zeros(s, dtype=torch.float64)
+    for m in range(1, n):
+        dx = traj.reach[:, m] - traj.reach[rows, ref]
+        score = traj.jx[ref] * dx + traj.jt[ref] * (traj.t[m] - traj.t[ref]).abs()
+        skip = (score <= eps[m] * traj.root_n) & (skips < traj.max_skips) & ~traj.forced[m]
+        computed[:, m] = ~skip
+        error += torch.where(skip, traj.dt[m] * score, 0.0)
+        skips = torch.where(skip, skips + 1, 0)
+        ref = torch.where(skip, ref, m)
+    return computed, error
+
+
+def choose_steps(traj: Trajectories, count: int) -> torch.Tensor | None:
+    """The ``count`` steps to compute (a bool mask) that minimise the predicted error of the mean trajectory under the
+    cap on consecutive skips and the forced steps, by dynamic programming; None when no such choice exists."""
+    n, k = traj.t.numel(), traj.max_skips
+    cost = traj.dt[None, :] * traj.scores(traj.reach.mean(0))  # [r, m]: skipping m with reference r
+    run = cost.cumsum(1)  # run[r, m]: skipping every step from r + 1 to m (the entries up to r are read as 0)
+
+    def seg(r: int, j: int) -> float:  # skip the steps strictly between r and j
+        return float(run[r, j - 1] - run[r, r]) if j > r + 1 else 0.0
+
+    forced_before = [0, *torch.cumsum(traj.forced.long(), 0).tolist()]  # forced steps in [0, m) at index m
+
+    def free(r: int, j: int) -> bool:  # the steps between r and j may all be skipped
+        return j - r - 1 <= k and forced_before[j] - forced_before[r + 1] == 0
+
+    inf = math.inf
+    best = [[inf] * n for _ in range(count + 1)]
+    came = [[-1] * n for _ in range(count + 1)]
+    best[1][0] = 0.0
+    for c in range(2, count + 1):
+        for j in range(c - 1, n):
+            for r in range(max(c - 2, j - k - 1), j):
+                if best[c - 1][r] < inf and free(r, j):
+                    v = best[c - 1][r] + seg(r, j)
+                    if v < best[c][j]:
+                        best[c][j], came[c][j] = v, r
+    ends = [(best[count][r] + seg(r, n), r) for r in range(n) if best[count][r] < inf and free(r, n)]
+    if not ends:
+        return None
+    mask = torch.zeros(n, dtype=torch.bool)
+    c, r = count, min(ends)[1]
+    while r >= 0:
+        mask[r] = True
+        c, r = c - 1, came[c][r]
+    return mask
+
+
+def _table(traj: Trajectories, mask: torch.Tensor) -> torch.Tensor:
+    """Per step, the tolerance that makes the mean trajectory follow ``mask`` (see the module docstring)."""
+    score = traj.scores(traj.reach.mean(0)) / traj.root_n
+    eps = torch.zeros(mask.numel(), dtype=torch.float64)
+    r = 0
+    for m in range(1, mask.numel()):
+        if mask[m]:
+            eps[m] = eps[m - 1] if not mask[m - 1] else 0.0
+            r = m
+        else:
+            eps[m] = score[r, m]
+    return eps
+
+
+def target_of(steps: int, target_nfe: float | None, speedup: float | None) -> float:
+    """The NFE asked for: ``target_nfe``, or ``steps / speedup``; ValueError for values out of range."""
+    for name, v in (("target_nfe", target_nfe), ("speedup", speedup)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if (target_nfe is None) == (speedup is None):
+        raise ValueError("give one of target_nfe (block-stack evaluations per generation) or speedup (steps / NFE)")
+    if speedup is not None and speedup < 1:
+        raise ValueError(f"speedup must be >= 1 (steps / NFE), got {speedup!r}")
+    target = steps / speedup if speedup is not None else float(target_nfe)
+    if not 1 <= target <= steps:
+        raise ValueError(f"target_nfe must lie in [1, {steps}] (the profile's {steps} steps), got {target:g}")
+    return target
+
+
+def plan(profile: SensitivityProfile, target_nfe: float | None = None, *, speedup: float | None = None,
+         schedule: str = "fixed", max_consecutive_skips: int = 3, force_first_steps: int | None = None,
+         force_last_steps: int | None = None, start_fraction: float = 0.2) -> Plan:
+    """Plan the tolerances of a generation of the profile's step count for ``target_nfe`` (see the module docstring).
+
+    Args:
+        profile: a profile with its calibration trajectories (``sencache.calibrate``).
+        target_nfe: expected block-stack evaluations per generation; or ``speedup``: steps / NFE.
+        schedule: ``"fixed"`` (one eps after an ``eps_start`` phase) or ``"planned"`` (eps per step).
+        max_consecutive_skips, force_first_steps, force_last_steps, start_fraction: as in ``SenCacheConfig``.
+
+    Raises:
+        ValueError: a profile without trajectories, or a target out of reach (saying what to change).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    n = len(profile)
+    target = target_of(n, target_nfe, speedup)
+    traj = Trajectories.from_profile(profile, max_consecutive_skips, force_first_steps, force_last_steps)
+    if schedule == "fixed":
+        shape = torch.where(torch.arange(n) < start_fraction * n, EPS_START_RATIO, 1.0).to(torch.float64)
+    else:
+        fewest = int(simulate(traj, torch.full((n,), math.inf))[0][0].sum())  # every skip the cap and forcing allow
+        mask = choose_steps(traj, min(n, max(round(target), fewest)))
+        if mask is None:  # cannot happen: computing more than the fewest steps always fits the cap and forcing
+            raise RuntimeError("sencache.planner: no choice of steps fits the target; please report this profile")
+        shape = _table(traj, mask)
+    positive = shape[shape > 0]
+    top = float(traj.scores(traj.reach).amax()) / traj.root_n / float(positive.min()) if positive.numel() else 1.0
+    tried: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def nfe(scale: float) -> float:
+        tried[scale] = simulate(traj, shape * scale)
+        return float(tried[scale][0].sum(1).double().mean())
+
+    lo, hi = math.log(top * 1e-9), math.log(top * 2)
+    fewest_nfe = nfe(math.exp(hi))
+    if target < fewest_nfe - 0.5:
+        raise ValueError(
+            f"target_nfe={target:g} is out of reach: the fewest block-stack evaluations this {schedule} schedule "
+            f"predicts are {fewest_nfe:.1f} of {n} steps (max_consecutive_skips={max_consecutive_skips}, forced "
+            f"steps {int(traj.forced.sum())}); raise the target or max_consecutive_skips"
+        )
+    nfe(math.exp(lo))
+    for _ in range(_SEARCH_ITERS):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if nfe(math.exp(mid)) > target else (lo, mid)
+    means = {s: float(c.sum(1).double().mean()) for s, (c, _) in tried.items()}
+    scale = min(means, key=lambda s: (abs(means[s] - target), s))
+    computed, error = tried[scale]
+    return Plan(schedule, target, tuple((shape * scale).tolist()), means[scale],
+                tuple(computed.sum(1).double().tolist()), tuple(computed.double().mean(0).tolist()),
+                float(error.mean()))
