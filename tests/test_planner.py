@@ -1,0 +1,185 @@
+"""The planner (issue 18): tolerances for a speed target from a profile's calibration trajectories, the per-step
+tolerance reaching the runtime, ``sencache plan``, and realized against predicted NFE on a tiny pipeline."""
+
+import dataclasses
+import itertools
+import math
+
+import pytest
+import torch
+
+import sencache
+from sencache import planner
+from sencache.cli import main as cli_main
+from sencache_kernels import COMPUTE, DecisionState
+from tests.helpers import calibration_kwargs
+
+
+def synthetic(n=12, samples=4, seed=0, numel=64, scale=None, transformer="WanTransformer3DModel"):
+    """A profile with calibration trajectories: drift growing along the schedule, a spread over the samples
+    (``scale``: a factor per sample on its drift)."""
+    g = torch.Generator().manual_seed(seed)
+    drift = (torch.rand(samples, n, generator=g, dtype=torch.float64) + 0.5) * torch.linspace(0.5, 3.0, n)
+    if scale is not None:
+        drift = drift * torch.tensor(scale, dtype=torch.float64)[:, None]
+    t = torch.linspace(1000, 1000 / n, n, dtype=torch.float64)
+    gaps = (t[:-1] - t[1:]).abs()
+    return sencache.SensitivityProfile(
+        timesteps=t, jx=torch.rand(n, generator=g) + 0.5, jt=(torch.rand(n, generator=g) + 0.5) * 1e-3,
+        metadata={"transformer_class": transformer, "latent_numel": numel, "num_samples": samples},
+        drift=drift.mean(0), drift_std=drift.std(0, correction=0), dt=torch.cat([gaps, gaps[-1:]]),
+        drift_samples=drift)
+
+
+def test_simulator_decides_like_the_decide_op(gen):
+    """On straight trajectories (where the summed drift is the exact distance) the simulator takes the decisions of
+    the runtime's decide op, step by step, with the skip cap and forced steps."""
+    profile = synthetic(n=11, samples=3)
+    traj = planner.Trajectories.from_profile(profile, max_skips=2, force_first=2, force_last=1)
+    mean_step = torch.diagonal(traj.scores(traj.reach.mean(0)), 1) / traj.root_n  # score of one step
+    eps = torch.cat([torch.zeros(1, dtype=torch.float64),
+                     mean_step * (torch.rand(10, generator=gen, dtype=torch.float64) * 2.5 + 0.3)])
+    computed, _ = planner.simulate(traj, eps)
+    direction = torch.randn(1, 4, 16, generator=gen)
+    direction /= direction.norm()
+    for s in range(traj.reach.shape[0]):
+        state = DecisionState(direction)
+        for m in range(len(profile)):
+            x = (direction.double() * traj.reach[s, m]).float()
+            t = profile.timesteps[m:m + 1].float()
+            jx, jt = profile.lookup(t)
+            flag = state.decide(x, t, jx, jt, float(eps[m]), bool(traj.forced[m]), max_skips=2)
+            assert bool(flag & COMPUTE) == bool(computed[s, m]), (s, m)
+    assert 0 < int((~computed).sum()) < computed.numel() - 3 * traj.reach.shape[0]  # skips and computes by score
+
+
+def _cost(traj, mask):
+    """The predicted error of the mean trajectory for a choice of computed steps, written out."""
+    reach, total, r = traj.reach.mean(0), 0.0, 0
+    for m in range(len(mask)):
+        if mask[m]:
+            r = m
+        else:
+            total += float(traj.dt[m] * (traj.jx[r] * (reach[m] - reach[r]) + traj.jt[r] * abs(traj.t[m] - traj.t[r])))
+    return total
+
+
+@pytest.mark.parametrize("count", [4, 5, 7])
+def test_dynamic_programming_finds_the_least_error(count):
+    """Against every choice of steps that fits the cap and the forced steps (9 steps, K=2, first and last forced)."""
+    traj = planner.Trajectories.from_profile(synthetic(n=9, seed=count), max_skips=2, force_first=1, force_last=1)
+    best = math.inf
+    for inner in itertools.combinations(range(1, 8), count - 2):
+        mask = [m in inner or m in (0, 8) for m in range(9)]
+        runs = "".join("x" if c else "." for c in mask).split("x")
+        if max(len(run) for run in runs) <= 2:
+            best = min(best, _cost(traj, mask))
+    mask = planner.choose_steps(traj, count)
+    assert int(mask.sum()) == count and bool(mask[0]) and bool(mask[8])
+    assert _cost(traj, mask.tolist()) == pytest.approx(best, rel=1e-12)
+
+
+@pytest.mark.parametrize("schedule", planner.SCHEDULES)
+def test_plan_hits_the_target_and_a_drifting_sample_computes_more(schedule):
+    for target in (5, 7, 9.5):
+        plan = planner.plan(synthetic(), target, schedule=schedule)
+        assert abs(plan.predicted_nfe - target) <= 0.5, (target, plan)
+        assert plan.predicted_nfe == pytest.approx(sum(plan.sample_nfe) / len(plan.sample_nfe))
+        assert sum(plan.compute_fraction) == pytest.approx(plan.predicted_nfe)
+    drifting = planner.plan(synthetic(scale=[1.0, 1.0, 1.0, 2.0]), 7, schedule=schedule)
+    assert drifting.sample_nfe[3] > max(drifting.sample_nfe[:3])
+
+
+def test_planned_schedule_has_less_predicted_error_than_the_fixed_one():
+    for target in (8, 11):  # (5 of 20 steps with K=3 leaves one choice: every fourth step)
+        fixed, planned = (planner.plan(synthetic(n=20), target, schedule=s) for s in planner.SCHEDULES)
+        assert planned.predicted_nfe == fixed.predicted_nfe == target
+        assert planned.predicted_error < fixed.predicted_error
+
+
+def test_profiles_without_trajectories_are_refused():
+    p = synthetic()
+    old = sencache.SensitivityProfile(timesteps=p.timesteps, jx=p.jx, jt=p.jt, metadata=p.metadata)
+    with pytest.raises(ValueError, match=r"no drift_samples, dt.*Recalibrate with sencache.calibrate"):
+        sencache.SenCacheConfig(profile=old, target_nfe=6)
+    unsized = dataclasses.replace(p, metadata={"transformer_class": "WanTransformer3DModel"})
+    with pytest.raises(ValueError, match="latent_numel"):
+        planner.plan(unsized, 6)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(target_nfe=6, eps=0.1), r"not both; .*eps=None, eps_start=None"),
+    (dict(speedup=2, eps_start=0.01), "not both"),
+    (dict(schedule="planned"), "give target_nfe=... or speedup"),
+    (dict(target_nfe=6, schedule="cubic"), "schedule must be one of"),
+    (dict(target_nfe=6, speedup=2), "give one of target_nfe"),
+    (dict(speedup=0.5), "speedup must be >= 1"),
+    (dict(target_nfe=0.5), r"target_nfe must lie in \[1, 12\]"),
+    (dict(target_nfe=float("nan")), "target_nfe must be a finite number"),
+    (dict(target_nfe=3, max_consecutive_skips=1), r"out of reach: .* 6.0 of 12 steps"),
+    (dict(target_nfe=6, num_inference_steps=30), "num_inference_steps=30"),
+])
+def test_target_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sencache.SenCacheConfig(profile=synthetic(), **kwargs)
+
+
+def test_config_with_a_target():
+    p = synthetic()
+    cfg = sencache.SenCacheConfig(profile=p, speedup=2, schedule="planned")
+    assert cfg.eps is None and cfg.eps_start is None and cfg.plan.target_nfe == 6
+    assert [cfg.tolerance(k, 12) for k in range(12)] == list(cfg.plan.eps)
+    with pytest.raises(ValueError, match=r"planned for target_nfe=6 at 12 steps.*runs 20"):
+        cfg.tolerance(0, 20)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.target_nfe = 3
+    plain = sencache.SenCacheConfig(profile=p)  # the defaults as before
+    assert (plain.eps, plain.eps_start, plain.plan) == (0.07, 0.005, None)
+    with pytest.raises(ValueError, match="not both"):
+        dataclasses.replace(plain, target_nfe=6)
+    moved = dataclasses.replace(plain, target_nfe=6, eps=None, eps_start=None)
+    assert moved.plan == planner.plan(p, 6)
+
+
+def test_cli_plan(tmp_path, capsys):
+    p = synthetic()
+    p.save(tmp_path / "p.safetensors")
+    cli_main(["plan", str(tmp_path / "p.safetensors"), "--steps", "12", "--target-nfe", "7", "--schedule", "planned"])
+    out = capsys.readouterr().out.splitlines()
+    plan = planner.plan(p, 7, schedule="planned")
+    rows = [line.split() for line in out[1:13]]
+    assert [float(r[2]) for r in rows] == pytest.approx(plan.eps, rel=1e-4, abs=1e-12)
+    assert f"predicted NFE {plan.predicted_nfe:.2f}" in out[13] and "target_nfe=7.0, schedule='planned'" in out[14]
+    old = tmp_path / "old.safetensors"
+    sencache.SensitivityProfile(timesteps=p.timesteps, jx=p.jx, jt=p.jt, metadata=p.metadata).save(old)
+    for argv, match in (([str(old), "--target-nfe", "6"], "Recalibrate"),
+                        ([str(tmp_path / "p.safetensors"), "--steps", "50", "--speedup", "2"], "--steps 50")):
+        with pytest.raises(SystemExit) as exc:
+            cli_main(["plan", *argv])
+        assert exc.value.code == 2 and match in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_realized_nfe_matches_the_prediction_on_held_out_seeds(pipes):
+    """LTX-Video (batched CFG, the last step forced by its adapter): calibrate on 3 seeds, plan half the steps, run 3
+    other seeds (other noise and prompt embeddings): the mean realized NFE is within 1 of the prediction, and every
+    step compared its scores with the plan's tolerance."""
+    from sencache import offline_pipelines as tiny
+
+    arch, steps = "ltx", 10
+    pipe = pipes[arch]
+    profile = sencache.calibrate(pipe, num_samples=3, seeds=range(3), num_inference_steps=steps, progress=False,
+                                 **calibration_kwargs(arch, pipe, steps))
+    root_n = math.sqrt(profile.metadata["latent_numel"])
+    for schedule in planner.SCHEDULES:
+        cfg = sencache.SenCacheConfig(profile=profile, target_nfe=5, schedule=schedule)
+        sencache.apply_sencache(pipe, cfg)
+        realized = []
+        for seed in (100, 101, 102):
+            pipe(**tiny.call_kwargs(arch, pipe, seed=seed, num_inference_steps=steps, output_type="latent"))
+            stats = sencache.get_stats(pipe)
+            realized.append(stats.nfe)
+            assert stats.thresholds == pytest.approx([e * root_n for e in cfg.plan.eps], rel=1e-6)
+        sencache.remove_sencache(pipe)
+        assert abs(sum(realized) / 3 - cfg.plan.predicted_nfe) <= 1.0, (schedule, realized, cfg.plan)
+        assert max(realized) < steps and stats.forced[-1]  # skips at run time; the adapter's forced last step
