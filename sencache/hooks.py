@@ -64,6 +64,7 @@ class SenCacheHook(ModelHook):
         self.local = threading.local()
         self.lane = self.latest = self.own_lane()
         self.chain: list[Executor] | None = None  # the executors to try, resolved on the first call
+        self.adopted: tuple = ()  # the (clock, pipeline call) the stack last looked for compiled blocks in
 
     @property
     def mode(self) -> str:
@@ -122,6 +123,9 @@ class SenCacheHook(ModelHook):
             name, step = lane.clock.enter(module, name, x, t, step_index, ctx_steps)
             if self.chain is None:
                 self.chain = build_chain(self, self.requested_mode, x, self.compile_options)
+            if self.adopted != (lane.clock, lane.clock.call):  # once per pipeline call: blocks compiled by region
+                self.adopted = (lane.clock, lane.clock.call)  # (also after apply_sencache) run inside the stack
+                self.stack.adopt_compiled()
             ctx = lane.contexts.get(name)
             if ctx is None:
                 ctx = lane.contexts[name] = Context()

@@ -12,6 +12,11 @@ as None (SD3's last block returns no encoder states).
 
 Arithmetic, the same for every user: ``residual = blocks_out - blocks_in`` on a computed step,
 ``blocks_out = blocks_in + residual`` on a skipped one (None where the stack's output is None).
+
+Regional compilation (``module.compile()`` of the blocks, diffusers' ``compile_repeated_blocks``), before or after the
+stack is attached: the stack takes each block's compiled code for ``run`` and leaves the block's own call eager, so
+that the hooks, and whatever stands for the stack, run outside the compiled regions. The compiled code then traces
+only the pass-through path, the one an uncached call takes, and graph mode can capture it into its body.
 """
 
 from __future__ import annotations
@@ -123,6 +128,9 @@ class BlockStack:
         self.streams = ("hidden_states", "encoder_hidden_states") if self.carries_encoder else ("hidden_states",)
         self.positions = [(name, self.args.positions[name]) for name in self.streams]
         self.forwards: list[Callable[..., Any]] = []  # the blocks' forwards below our hooks
+        self.compiled: list[Callable[..., Any] | None] = [None] * len(self.blocks)  # taken by adopt_compiled
+        self.calls: list[Callable[..., Any]] | None = None  # what ``run`` calls when some blocks are compiled
+        self.generation = 0  # counts the blocks' changes of compiled code (graph mode captures again)
 
     def attach(self) -> None:
         """Hook every block (the first one is the head)."""
@@ -132,9 +140,25 @@ class BlockStack:
             self.forwards.append(hook.fn_ref.original_forward)
 
     def detach(self) -> None:
-        for block in self.blocks:
+        """Remove the hooks; blocks compiled by region get their compiled call back."""
+        for block, impl in zip(self.blocks, self.compiled, strict=True):
             plumbing.remove_hook(block, self.hook_name)
-        self.forwards = []
+            if impl is not None and block._compiled_call_impl is None:
+                block._compiled_call_impl = impl
+        self.forwards, self.compiled, self.calls = [], [None] * len(self.blocks), None
+
+    def adopt_compiled(self) -> None:
+        """Take the compiled call of every block compiled by region since the last look (one attribute read per
+        block; SenCache's hook looks at every pipeline call, so that compiling after ``apply_sencache`` works too)."""
+        taken = False
+        for i, block in enumerate(self.blocks):
+            impl = block._compiled_call_impl
+            if impl is not None:
+                block._compiled_call_impl = None  # the block's own call (and our hook) stays eager
+                self.compiled[i], taken = impl, True
+        if taken:
+            self.calls = [c or f for c, f in zip(self.compiled, self.forwards, strict=True)]
+            self.generation += 1
 
     def running(self, head: Head) -> _Running:
         """Within this block, the head block returns ``head.replace_stack(carried, args, kwargs)`` and the others
@@ -148,14 +172,25 @@ class BlockStack:
                       for name, pos in self.positions])
 
     def run(self, carried: Carried, args: tuple, kwargs: dict) -> Carried:
-        """Every block on ``carried`` (each block takes the head block's other arguments)."""
+        """Every block on ``carried`` (each block takes the head block's other arguments). Blocks compiled by region
+        run their compiled code, except while torch.compile traces the call (compiled mode compiles the whole step)."""
+        calls = self.calls
+        if calls is None or torch.compiler.is_compiling():
+            return self._run(self.forwards, carried, args, kwargs)
+        head, self.head = self.head, None  # the compiled code calls the block's hook: it must pass through
+        try:
+            return self._run(calls, carried, args, kwargs)
+        finally:
+            self.head = head
+
+    def _run(self, calls: list[Callable[..., Any]], carried: Carried, args: tuple, kwargs: dict) -> Carried:
         args, kwargs = list(args), dict(kwargs)
         slots = [(args, pos) if name not in kwargs and pos is not None and pos < len(args) else (kwargs, name)
                  for name, pos in self.positions]  # where each stream goes in a block call
-        for forward, (unpack, _) in zip(self.forwards, self.codecs, strict=True):
+        for call, (unpack, _) in zip(calls, self.codecs, strict=True):
             for (where, key), value in zip(slots, carried, strict=True):
                 where[key] = value
-            carried = unpack(forward(*args, **kwargs))
+            carried = unpack(call(*args, **kwargs))
         return carried
 
     @staticmethod

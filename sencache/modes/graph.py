@@ -20,10 +20,16 @@ signature takes three stages, all on the current device:
 The predicate is ``flag | COMPUTE`` while the context's residual is not yet valid in the current pipeline call (its
 first call, or a fresh capture), else the flag. The host tells the graph which case applies by filling one device
 boolean before the replay, which is no sync.
+
+Blocks compiled by region (``compile_repeated_blocks``) run their compiled code in the warm-up and in the body, so the
+IF node holds inductor's fused kernels. Inductor's own CUDA graphs cannot run inside a capture: they are off while
+graph mode warms up and captures, and blocks compiled with them (``mode="reduce-overhead"``) make graph mode
+unavailable, with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +66,7 @@ class GraphExecutor(Executor):
         decide_inputs = self.device_inputs(step)
         key, leaves = signature_key((decide_inputs, args, kwargs))
         cap = ctx.captures.get(key)
-        if cap is None or cap.state is not clock.state:
+        if cap is None or cap.state is not clock.state or cap.generation != self.hook.stack.generation:
             cap = ctx.captures[key] = self._capture(decide_inputs, args, kwargs)
             while len(ctx.captures) > MAX_GRAPHS:
                 ctx.captures.popitem(last=False)
@@ -115,6 +121,7 @@ class CapturedCall:
     output: Any
     must: torch.Tensor  # device bool, set before each replay: compute whatever the flag says
     state: DecisionState
+    generation: int  # the block stack's compiled code it captured (BlockStack.generation)
 
 
 class _Building:
@@ -218,14 +225,54 @@ def capture_call(executor: GraphExecutor, state: DecisionState, decide_inputs: t
         scratch.load_state_dict(state.state_dict())
         body_of_step(scratch)
 
+    reason = compiled_blocks_reason(executor.hook.stack)
+    if reason is not None:
+        raise Unavailable(reason)
     try:
-        with torch.no_grad():  # inference only: a replay records no autograd history either
+        with torch.no_grad(), _no_inductor_cudagraphs(executor.hook.stack):  # inference only, like a replay
             _warm_up(device, warm_up)
             building.capturing = True
             graph, output = _capture(lambda: body_of_step(state))
     except (RuntimeError, ValueError) as exc:
         raise Unavailable(f"capturing the step failed: {exc}") from exc
-    return CapturedCall(graph, building.body, _tensors(static), output, must, state)
+    return CapturedCall(graph, building.body, _tensors(static), output, must, state, executor.hook.stack.generation)
+
+
+def inductor_cudagraphs(fn: Any) -> bool:
+    """Whether ``fn``, made by ``torch.compile``, was compiled with inductor's CUDA graphs (``mode="reduce-overhead"``
+    or ``"max-autotune"``, or ``options={"triton.cudagraphs": True}``), as far as torch's compile wrapper shows its
+    backend's options; False where it does not (a capture that then fails still falls back, with its error)."""
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            backend = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        for _ in range(8):  # the wrappers around the backend, each pointing to the next
+            config = getattr(backend, "config", None)
+            if isinstance(config, dict):
+                return bool(config.get("triton.cudagraphs", False))
+            backend = getattr(backend, "_torchdynamo_orig_backend", None)
+            if backend is None:
+                break
+    return False
+
+
+def compiled_blocks_reason(stack: BlockStack) -> str | None:
+    """Why graph mode cannot capture the stack's blocks compiled by region, or None."""
+    if any(fn is not None and inductor_cudagraphs(fn) for fn in stack.compiled):
+        return ("the blocks were compiled with inductor's CUDA graphs (mode='reduce-overhead' or 'max-autotune'), "
+                "which cannot run inside graph mode's capture; compile them without (e.g. "
+                "transformer.compile_repeated_blocks(fullgraph=True)): graph mode's own graph covers the whole step")
+    return None
+
+
+def _no_inductor_cudagraphs(stack: BlockStack) -> Any:
+    """Inductor's CUDA graphs off while blocks compiled by region may compile (warm-up) or run (capture)."""
+    if stack.calls is None:
+        return contextlib.nullcontext()
+    from torch._inductor import config
+
+    return config.patch({"triton.cudagraphs": False})
 
 
 def replay(cap: CapturedCall, leaves: list[Any], must_compute: bool) -> Any:
