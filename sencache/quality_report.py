@@ -4,12 +4,14 @@ block. ``sencache quality --render-only`` redraws them from a committed record."
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 
 from sencache.quality_methods import METHODS
 from sencache.records import fill_readme, table_markers
 
-__all__ = ["README_MARKERS", "markdown_table", "plot_all", "render"]
+__all__ = ["README_MARKERS", "estimator_table", "markdown_table", "paired_table", "plot_all", "render"]
 
 README_MARKERS = table_markers("quality")
 
@@ -32,6 +34,75 @@ def markdown_table(record: dict) -> str:
             f"{r['ssim']['std']:.4f} | {r['rel_l2']['mean']:.4f} ± {r['rel_l2']['std']:.4f} | "
             f"{r['wall_s']['mean']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return statistics.fmean(values), se
+
+
+def paired_table(record: dict, reference: str = "sencache") -> str | None:
+    """Each other method's quality minus ``reference``'s on the same held-out pairs, per budget: the mean paired
+    difference ± its standard error, and on how many pairs the method did better (None without two such methods)."""
+    rows = {(r["method"], r["budget"]): r for r in record["results"]}
+    order = list(METHODS)
+    lines = [f"Paired differences against {METHODS[reference].label} on the same held-out pairs (method minus "
+             f"{METHODS[reference].label}; mean ± standard error; better: pairs on which the method did better).", "",
+             "| budget | method | NFE (method / ref.) | Δ PSNR (dB) | Δ SSIM | Δ rel. L2 | better (PSNR) |",
+             "|---|---|---|---|---|---|---|"]
+    for (method, budget), r in sorted(rows.items(), key=lambda kv: (-kv[0][1], order.index(kv[0][0]))):
+        ref = rows.get((reference, budget))
+        if method == reference or ref is None:
+            continue
+        cells = []
+        for key in ("psnr", "ssim", "rel_l2"):
+            mean, se = _mean_se([a - b for a, b in zip(r["per_pair"][key], ref["per_pair"][key], strict=True)])
+            cells.append(f"{mean:+.4f} ± {se:.4f}" if key != "psnr" else f"{mean:+.2f} ± {se:.2f}")
+        better = sum(a > b for a, b in zip(r["per_pair"]["psnr"], ref["per_pair"]["psnr"], strict=True))
+        lines.append(f"| {budget:.0%} | {METHODS[method].label} | {r['nfe']['mean']:.1f} / {ref['nfe']['mean']:.1f} | "
+                     + " | ".join(cells) + f" | {better} of {len(ref['per_pair']['psnr'])} |")
+    return "\n".join(lines) + "\n" if len(lines) > 4 else None
+
+
+def estimator_table(record: dict) -> str | None:
+    """The chained and the central-difference profiles side by side (when the run calibrated both): per step, the
+    difference of their Jx and Jt against the sample-to-sample spread of the chained one."""
+    a, b = record.get("profile"), record.get("profile_central")
+    if a is None or b is None or "jx_std" not in a:
+        return None
+    lines = ["Calibration estimators on the same calibration pairs: |chained - central| per step, in units of the "
+             "chained profile's sample-to-sample standard deviation at that step.", "",
+             "| table | median | 90th percentile | max | steps over 1 std |", "|---|---|---|---|---|"]
+    for name in ("jx", "jt"):
+        z = sorted(abs(x - y) / s if s > 0 else (0.0 if x == y else math.inf)
+                   for x, y, s in zip(a[name], b[name], a[f"{name}_std"], strict=True))
+        q90 = z[min(len(z) - 1, math.ceil(0.9 * len(z)) - 1)]
+        lines.append(f"| {name.capitalize()} | {statistics.median(z):.3f} | {q90:.3f} | {z[-1]:.3f} | "
+                     f"{sum(v > 1 for v in z)} of {len(z)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_estimators(record: dict, out: Path) -> None:
+    """estimators.png: Jx and Jt of both estimators over t, with the chained profile's sample spread."""
+    from sencache.plotting import pyplot
+
+    plt = pyplot()
+    a, b = record["profile"], record["profile_central"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, name in zip(axes, ("jx", "jt"), strict=True):
+        t, mean, std = a["timesteps"], a[name], a[f"{name}_std"]
+        ax.fill_between(t, [m - s for m, s in zip(mean, std, strict=True)],
+                        [m + s for m, s in zip(mean, std, strict=True)], alpha=0.25, label="chained ± sample std")
+        ax.plot(t, mean, marker=".", label="chained (default, 1.5x)")
+        ax.plot(b["timesteps"], b[name], marker="x", linestyle="--", label="central (2x)")
+        ax.set(xlabel="timestep t (1000 = noise)", ylabel=name.capitalize(), yscale="log")
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("SenCache profiles of the reference model from the two calibration estimators")
+    fig.tight_layout()
+    fig.savefig(out / "estimators.png", dpi=110)
+    plt.close(fig)
 
 
 def plot_all(record: dict, out: Path) -> None:
@@ -99,8 +170,11 @@ def render(out_dir: str | Path, readme: str | Path | None = None) -> str:
     out = Path(out_dir)
     record = json.loads((out / "quality.json").read_text())
     table = markdown_table(record)
-    (out / "quality.md").write_text(table)
+    extra = [part for part in (paired_table(record), estimator_table(record)) if part is not None]
+    (out / "quality.md").write_text("\n".join([table, *extra]))
     plot_all(record, out)
+    if estimator_table(record) is not None:
+        plot_estimators(record, out)
     if readme is not None:
         fill_readme(readme, README_MARKERS, table)
     return table

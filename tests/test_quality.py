@@ -12,6 +12,7 @@ import torch
 from sencache.metrics import psnr, rel_l2, ssim
 from sencache.quality import Pair, QualitySettings, generate, main, make_pairs
 from sencache.quality_methods import METHODS, applied, magcache_ratios
+from sencache.quality_report import estimator_table, paired_table
 from sencache.reference.model import load_reference_pipeline
 
 
@@ -199,3 +200,22 @@ def test_runtime_does_not_import_the_quality_harness():
                 importers.append(path)
     assert len(files) > 20 and root / "sencache" / "cli.py" in importers
     assert set(importers) <= allowed, sorted(str(p.relative_to(root)) for p in set(importers) - allowed)
+
+
+def test_paired_and_estimator_tables():
+    def row(method, psnr, nfe):
+        return {"method": method, "budget": 0.5, "nfe": {"mean": nfe}, "per_pair": {
+            "psnr": psnr, "ssim": [0.9, 0.8, 0.7], "rel_l2": [0.1, 0.2, 0.3]}}
+    prof = {"timesteps": [900.0, 500.0, 100.0], "jx": [1.0, 2.0, 3.0], "jt": [0.5, 0.5, 0.5],
+            "jx_std": [0.1, 0.1, 0.0], "jt_std": [0.1, 0.2, 0.4]}
+    record = {"results": [row("sencache", [30.0, 32.0, 34.0], 25.0), row("magcache", [31.0, 31.0, 36.0], 25.0)],
+              "profile": prof, "profile_central": dict(prof, jt=[0.55, 0.9, 0.5])}
+    paired = paired_table(record).splitlines()
+    # differences 1, -1, 2: mean 2/3, standard error stdev/sqrt(3) = 0.8819; better on 2 of 3 pairs
+    assert paired[-1] == ("| 50% | MagCache (diffusers) | 25.0 / 25.0 | +0.67 ± 0.88 | +0.0000 ± 0.0000 | "
+                          "+0.0000 ± 0.0000 | 2 of 3 |")
+    assert paired_table({"results": [row("sencache", [30.0, 31.0, 32.0], 25.0)]}) is None
+    est = estimator_table(record).splitlines()
+    assert est[-2] == "| Jx | 0.000 | 0.000 | 0.000 | 0 of 3 |"
+    assert est[-1] == "| Jt | 0.500 | 2.000 | 2.000 | 1 of 3 |"  # |Δ|/std = 0.5, 2.0, 0
+    assert estimator_table(dict(record, profile_central=None)) is None
