@@ -27,6 +27,7 @@ import torch
 
 from sencache import plumbing
 from sencache.config import SenCacheConfig
+from sencache.parallel import Layout, ParallelState
 from sencache.stats import StatsRecorder
 from sencache_kernels import DecisionState
 
@@ -98,10 +99,14 @@ class StepClock:
         pipeline: the pipeline SenCache was applied to (kept weakly; its scheduler is read when a call needs it), or
             None.
         force_first, force_last: steps computed at the start and the end whatever the score.
+        probe: ``probe(transformer, latent)``, the latent's context-parallel ``Layout`` (None without), asked once per
+            pipeline call.
     """
 
-    def __init__(self, config: SenCacheConfig, pipeline: Any | None, force_first: int, force_last: int) -> None:
+    def __init__(self, config: SenCacheConfig, pipeline: Any | None, force_first: int, force_last: int,
+                 probe: Any = None) -> None:
         self.config = config
+        self.probe = probe
         self.applied_to = None if pipeline is None else weakref.ref(pipeline)
         self.force_first, self.force_last = force_first, force_last
         self.call = 0  # counts pipeline calls: a residual is valid only within the call that made it
@@ -171,7 +176,7 @@ class StepClock:
             self.config.profile.check_scheduler(scheduler)
             if index is not None and index >= num_steps:
                 raise ValueError(f"SenCache: step index {index} of a generation of {num_steps} steps")
-            self._start_call(name, x, int(num_steps), root, pipeline)
+            self._start_call(name, x, int(num_steps), root, pipeline, self.probe and self.probe(module, x))
             first = True  # the first step this transformer sees in a call (Wan 2.2's second expert: mid-call)
             if root is not None and not root.is_inference() and root.device == x.device:
                 self.schedule = _Schedule(root, x.shape[0], self.config)  # once per call, for this call's latent
@@ -215,25 +220,27 @@ class StepClock:
         return _same(t, lt, ltv) and _same(x, lx, lxv)
 
     def _start_call(self, leader: str, x: torch.Tensor, num_steps: int, root: torch.Tensor | None,
-                    pipeline: Any) -> None:
+                    pipeline: Any, cp: Layout | None = None) -> None:
         self.reset()
         self.leader, self.num_steps, self.root = leader, num_steps, root
         self.pipeline = None if pipeline is None else weakref.ref(pipeline)
         self.timesteps_obj = self._timesteps()
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
-        self.root_n = math.sqrt(math.prod(x.shape[1:]))  # sqrt(elements per sample) of the call's latent
+        # sqrt(elements per sample) of the call's latent (the whole latent's where context parallelism split it)
+        self.root_n = math.sqrt(math.prod(x.shape[1:]) if cp is None else cp.elements)
         key = (tuple(x.shape), x.dtype, x.device)  # a call keeps one latent shape, dtype and device: its state
         self.signature = (*key, num_steps)
+        key = key if cp is None else (*key, cp)
         if self.state is None or self.state_key != key:
-            self.state, self.state_key = self._state_for(key, x), key
+            self.state, self.state_key = self._state_for(key, x, cp), key
         self.recorder = StatsRecorder(num_steps, root)
         self.history.append(self.recorder)
         del self.history[:-MAX_HISTORY]
 
-    def _state_for(self, key: tuple, x: torch.Tensor) -> DecisionState:
+    def _state_for(self, key: tuple, x: torch.Tensor, cp: Layout | None) -> DecisionState:
         state = self.states.get(key)
         if state is None:
-            state = self.states[key] = DecisionState(x)
+            state = self.states[key] = DecisionState(x) if cp is None else ParallelState(x, cp)
             for buf in state.buffers():  # static inputs of the compiled step; captured graphs keep them anyway
                 torch._dynamo.mark_static_address(buf)
             while len(self.states) > MAX_STATES:

@@ -8,6 +8,7 @@ stack asks it for the stack's output. ``auto`` tries its executors in order and 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import warnings
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from diffusers.hooks.hooks import ModelHook
 
-from sencache import plumbing
+from sencache import parallel, plumbing
 from sencache.adapters import Adapter, get_adapter
 from sencache.clock import StepClock
 from sencache.config import SenCacheConfig
@@ -57,7 +58,8 @@ class SenCacheHook(ModelHook):
         force_first = max(1, adapter.force_first_steps if config.force_first_steps is None
                           else config.force_first_steps)
         force_last = adapter.force_last_steps if config.force_last_steps is None else config.force_last_steps
-        self.new_clock = lambda: StepClock(config, pipeline, force_first, force_last)
+        probe = functools.partial(parallel.layout, hook_name=_HOOK, latent_arg=adapter.latent_arg)
+        self.new_clock = lambda: StepClock(config, pipeline, force_first, force_last, probe)
         # Per thread: its pipeline calls (a Lane). One transformer call at a time holds the lock: the block stack's
         # hooks and the executors serve the call in flight, whose lane is ``self.lane``.
         self.lock = threading.RLock()

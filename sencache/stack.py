@@ -29,6 +29,7 @@ from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import ModelHook
 
 from sencache import plumbing
+from sencache.parallel import register_inside
 from sencache_kernels import commit
 
 Carried = tuple[torch.Tensor, ...]
@@ -136,7 +137,7 @@ class BlockStack:
         """Hook every block (the first one is the head)."""
         for i, block in enumerate(self.blocks):
             hook = _BlockHook(self, head=i == 0, pack=self.codecs[i][1])
-            plumbing.registry(block).register_hook(hook, self.hook_name)
+            register_inside(block, hook, self.hook_name)  # below context parallelism's split: each rank's shard
             self.forwards.append(hook.fn_ref.original_forward)
 
     def detach(self) -> None:

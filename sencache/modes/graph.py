@@ -38,6 +38,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from sencache.modes import Context, Executor, Unavailable
 from sencache.modes.compiled import clone_tensors
+from sencache.parallel import graph_reason
 from sencache.stack import BlockStack, Carried, Residual
 from sencache_kernels import COMPUTE, DecisionState, has_conditional_nodes
 
@@ -78,7 +79,7 @@ class GraphExecutor(Executor):
 
     def _capture(self, decide_inputs: tuple | None, args: tuple, kwargs: dict) -> CapturedCall:
         state = self.hook.clock.state
-        reason = unavailable_reason(state.x_ref)
+        reason = unavailable_reason(state.x_ref) or graph_reason(state)
         if reason is not None:
             raise Unavailable(f"graph mode is unavailable: {reason}")
         return capture_call(self, state, decide_inputs, args, kwargs)

@@ -1,0 +1,296 @@
+"""SenCache under diffusers' context parallelism (sencache/parallel.py): two gloo ranks on the CPU.
+
+One process group serves the whole module: a module-scoped fixture forks two ranks once (they inherit this process's
+imports, which a spawned rank would spend seconds redoing), runs every scenario in them and returns their results.
+gloo's collective timeout and the join timeout turn a hang into a failure instead of blocking CI.
+
+Facts the scenarios rely on: diffusers divides by ``torch.accelerator.device_count()``, 0 without an accelerator
+(patched to 1); ring attention needs an attention op that returns the log-sum-exp, which on the CPU
+``aten::_scaled_dot_product_flash_attention_for_cpu`` does (patched in for the ring runs only); LTX-Video's text mask
+fails under Ulysses on the CPU, and the tiny pipeline's is all ones, so its transformer is called without it.
+"""
+
+import contextlib
+import datetime
+import logging
+import math
+import os
+import tempfile
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from diffusers import ContextParallelConfig
+from diffusers.models import attention_dispatch
+
+import sencache
+from sencache import offline_pipelines as tiny
+from sencache import plumbing
+from sencache.hooks import _hook
+from sencache.parallel import CP_HOOKS, Layout, ParallelState, graph_reason, register_inside
+from sencache_kernels import DecisionState
+from tests.helpers import STEPS, calibration_kwargs, flat_profile, run
+
+WORLD = 2
+COLLECTIVE_TIMEOUT = 60  # seconds a rank waits in one collective before gloo raises
+JOIN_TIMEOUT = 300  # seconds for the whole module's scenarios
+ATTENTION = {"ulysses": {"ulysses_degree": WORLD}, "ring": {"ring_degree": WORLD}}
+ORDERS = ("before", "after")  # apply_sencache before or after enable_parallelism
+ARCHS = ("wan", "ltx")  # Wan splits at its first block, LTX-Video at the transformer's input
+
+
+def _drop_mask(module, args, kwargs):
+    return args, {**kwargs, "encoder_attention_mask": None}
+
+
+def _pipe(arch):
+    pipe = tiny.build_pipeline(arch)
+    if arch == "ltx":
+        pipe.transformer.register_forward_pre_hook(_drop_mask, with_kwargs=True)
+    return pipe
+
+
+def _config(pipe, eps=0.3):
+    return sencache.SenCacheConfig(profile=flat_profile(pipe, jx=1.0, jt=1e-3), eps=eps, eps_start=eps,
+                                   max_consecutive_skips=3)
+
+
+def _cached(pipe, arch):
+    out = run(pipe, arch)
+    stats = sencache.get_stats(pipe)
+    return {"out": out, "computed": stats.computed, "scores": stats.scores, "thresholds": stats.thresholds}
+
+
+def _flash_for_cpu(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                   enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal,
+                                                                         attn_mask=attn_mask, scale=scale)
+    out, lse = out.transpose(1, 2).contiguous(), lse.transpose(1, 2).contiguous()
+    return (out, lse) if return_lse else out
+
+
+@contextlib.contextmanager
+def _attention(name):
+    """The native backend's context-parallel op; for ring attention, one that returns the log-sum-exp."""
+    original = attention_dispatch._native_attention_forward_op
+    if name == "ring":
+        attention_dispatch._native_attention_forward_op = _flash_for_cpu
+    try:
+        yield
+    finally:
+        attention_dispatch._native_attention_forward_op = original
+
+
+def _parallel(pipe, attention):
+    pipe.transformer.enable_parallelism(config=ContextParallelConfig(**ATTENTION[attention]))
+
+
+def _cached_run(arch, attention, order, eps=0.3):
+    """A SenCache run under context parallelism (``order``: apply_sencache before or after enable_parallelism), then
+    the same pipeline's output after remove_sencache."""
+    pipe = _pipe(arch)
+    if order == "before":
+        sencache.apply_sencache(pipe, _config(pipe, eps))
+    _parallel(pipe, attention)
+    if order == "after":
+        sencache.apply_sencache(pipe, _config(pipe, eps))
+    res = _cached(pipe, arch)
+    state = _hook(pipe.transformer).clock.state
+    res["state"], res["split"] = type(state).__name__, state.layout.split
+    sencache.remove_sencache(pipe)
+    res["removed"] = run(pipe, arch)
+    return res
+
+
+def _plain(arch, attention):
+    pipe = _pipe(arch)
+    _parallel(pipe, attention)
+    return run(pipe, arch)
+
+
+def _one_process(arch):
+    pipe = _pipe(arch)
+    sencache.apply_sencache(pipe, _config(pipe))
+    return _cached(pipe, arch)
+
+
+def _disagreeing(rank, arch, order):
+    """Rank 1 never skips (eps=0) where rank 0 would: every rank must compute every step, with no hang."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("sencache").addHandler(handler)
+    try:
+        res = _cached_run(arch, "ulysses", order, eps=0.3 if rank == 0 else 0.0)
+    finally:
+        logging.getLogger("sencache").removeHandler(handler)
+    return {**res, "logged": [r.getMessage() for r in records]}
+
+
+def _calibration(where):
+    """A calibration of tiny LTX-Video (split at its input) under Ulysses or in one process."""
+    pipe = _pipe("ltx")
+    if where == "ulysses":
+        _parallel(pipe, "ulysses")
+    profile = sencache.calibrate(pipe, num_samples=1, num_inference_steps=4, progress=False,
+                                 **calibration_kwargs("ltx", pipe, 4))
+    return profile.timesteps, profile.jx, profile.jt
+
+
+def _scenarios(rank):
+    """Every scenario, each result or the traceback of its error (both ranks run the same scenarios in order)."""
+    todo = []
+    for arch in ARCHS:
+        todo.append(((arch, "one process"), contextlib.nullcontext(), lambda a=arch: _one_process(a)))
+        for attention in ATTENTION:
+            todo.append(((arch, attention, "plain"), _attention(attention), lambda a=arch, at=attention: _plain(a, at)))
+            for order in ORDERS:
+                todo.append(((arch, attention, order), _attention(attention),
+                             lambda a=arch, at=attention, o=order: _cached_run(a, at, o)))
+    for arch, order in (("wan", "after"), ("ltx", "before")):
+        todo.append(((arch, "disagree"), contextlib.nullcontext(), lambda a=arch, o=order: _disagreeing(rank, a, o)))
+    for where in ("one process", "ulysses"):
+        todo.append((("calibration", where), contextlib.nullcontext(), lambda w=where: _calibration(w)))
+    results = {}
+    for key, attention, scenario in todo:
+        try:
+            with attention:
+                results[key] = scenario()
+        except Exception:  # noqa: BLE001 - reported by the tests that read this scenario
+            results[key] = _Failed(traceback.format_exc())
+    return results
+
+
+class _Failed(str):
+    """A scenario's traceback in place of its result."""
+
+
+def _result(ranks, rank, key):
+    res = ranks[rank][key]
+    if isinstance(res, _Failed):
+        pytest.fail(f"rank {rank}, scenario {key}:\n{res}")
+    return res
+
+
+def _rank(rank, init_file, out_dir):
+    torch.set_num_threads(1)
+    torch.accelerator.device_count = lambda: 1  # diffusers divides by it (0 without an accelerator)
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                                timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT))
+        results = _scenarios(rank)
+    except BaseException:  # noqa: BLE001 - reported by the test
+        results = {"error": traceback.format_exc()}
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    os._exit(0)  # a forked rank leaves without running the parent's exit handlers
+
+
+@pytest.fixture(scope="module")
+def ranks():
+    """Every scenario's results per rank: ``{rank: {key: value}}``."""
+    ctx = mp.get_context("fork")
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = [ctx.Process(target=_rank, args=(r, os.path.join(tmp, "init"), tmp)) for r in range(WORLD)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(JOIN_TIMEOUT)
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        assert not hung, f"ranks {hung} did not finish within {JOIN_TIMEOUT} s"
+        results = {r: torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)}
+    for r, res in results.items():
+        assert "error" not in res, f"rank {r}:\n{res['error']}"  # before or after the scenarios
+    return results
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("attention", list(ATTENTION))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_same_decisions_on_every_rank_as_in_one_process(ranks, arch, attention, order):
+    one = _result(ranks, 0, (arch, "one process"))
+    assert 0 < sum(one["computed"]) < STEPS  # the scenario skips some steps
+    for r in range(WORLD):
+        res = _result(ranks, r, (arch, attention, order))
+        assert res["computed"] == one["computed"]
+        assert res["thresholds"] == one["thresholds"]
+        for got, want in zip(res["scores"], one["scores"], strict=True):
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+        assert res["state"] == "ParallelState"
+        assert res["split"] == (arch == "ltx" and order == "before")  # LTX splits at the transformer's input
+        torch.testing.assert_close(res["out"], one["out"], rtol=1e-5, atol=1e-5)
+    first, other = (_result(ranks, r, (arch, attention, order)) for r in range(WORLD))
+    assert first["scores"] == other["scores"]  # statistics identical on every rank
+    assert torch.equal(first["out"], other["out"])
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("attention", list(ATTENTION))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_remove_sencache_restores_plain_context_parallel_output(ranks, arch, attention, order):
+    for r in range(WORLD):
+        plain = _result(ranks, r, (arch, attention, "plain"))
+        assert torch.equal(_result(ranks, r, (arch, attention, order))["removed"], plain)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_disagreement_computes_on_every_rank_instead_of_hanging(ranks, arch):
+    first, other = (_result(ranks, r, (arch, "disagree")) for r in range(WORLD))
+    for r, res in enumerate((first, other)):
+        assert res["computed"] == [True] * STEPS  # rank 1 computes every step, so rank 0 follows
+        assert torch.equal(res["out"], _result(ranks, r, (arch, "ulysses", "plain")))
+    assert any("different decisions" in m for m in first["logged"])
+    assert not other["logged"]  # rank 1 was never overruled
+
+
+def test_calibration_under_context_parallelism_equals_one_process(ranks):
+    for r in range(WORLD):
+        one = _result(ranks, r, ("calibration", "one process"))
+        for got, want in zip(_result(ranks, r, ("calibration", "ulysses")), one, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_block_hooks_sit_inside_context_parallel_hooks():
+    from diffusers.hooks.hooks import ModelHook
+
+    class Tag(ModelHook):
+        def __init__(self, tag, seen):
+            super().__init__()
+            self.tag, self.seen = tag, seen
+
+        def pre_forward(self, module, *args, **kwargs):
+            self.seen.append(self.tag)
+            return args, kwargs
+
+    seen = []
+    block = torch.nn.Linear(3, 3)
+    registry = plumbing.registry(block)
+    registry.register_hook(Tag("below", seen), "below")
+    registry.register_hook(Tag("split", seen), CP_HOOKS[0] + "blocks.0")
+    registry.register_hook(Tag("later", seen), "later")
+    register_inside(block, Tag("ours", seen), "ours")
+    assert registry._hook_order == ["below", "ours", CP_HOOKS[0] + "blocks.0", "later"]
+    block(torch.randn(2, 3))
+    assert seen == ["later", "split", "ours", "below"]  # outermost first
+
+
+def test_graph_mode_is_unavailable_under_context_parallelism():
+    x = torch.randn(2, 4, 3)
+    assert "context parallelism" in graph_reason(ParallelState(x, Layout(None, False, 12)))
+    assert graph_reason(DecisionState(x)) is None
+
+
+def test_split_threshold_is_the_one_process_threshold_bit_for_bit():
+    """The tolerance buffer of a split state times the op's sqrt(1) equals eps * sqrt(elements) as the op rounds it."""
+    for eps, n in ((0.3, 1536), (0.07, 7), (1e-3, 4097)):
+        state = ParallelState(torch.randn(2, 5), Layout(None, True, n))
+        state.set_inputs(eps, False)
+        want = torch.tensor(eps, dtype=torch.float32) * torch.tensor(float(n), dtype=torch.float32).sqrt()
+        assert state.eps.item() == want.item()
+        assert state.x_ref.shape == (2, 1) and state.shard_ref.shape == (2, 5)
+        assert math.isclose(state.eps.item(), eps * math.sqrt(n), rel_tol=1e-6)
