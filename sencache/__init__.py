@@ -27,6 +27,7 @@ _LAZY = {
     "apply_sencache": "sencache.hooks",
     "remove_sencache": "sencache.hooks",
     "get_stats": "sencache.hooks",
+    "residual_bytes": "sencache.hooks",
     "supported_models": "sencache.adapters",
     "calibrate": "sencache.calibration",
 }
@@ -40,13 +41,14 @@ __all__ = [
     "calibrate",
     "get_stats",
     "remove_sencache",
+    "residual_bytes",
     "supported_models",
 ]
 
 if TYPE_CHECKING:
     from sencache.adapters import supported_models
     from sencache.calibration import calibrate
-    from sencache.hooks import apply_sencache, get_stats, remove_sencache
+    from sencache.hooks import apply_sencache, get_stats, remove_sencache, residual_bytes
 
 
 def __getattr__(name: str) -> Any:

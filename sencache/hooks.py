@@ -30,7 +30,7 @@ _HOOK = "sencache"
 _BLOCK_HOOK = "sencache_block"
 logger = logging.getLogger("sencache")
 
-__all__ = ["MODES", "SenCacheHook", "apply_sencache", "get_stats", "remove_sencache"]
+__all__ = ["MODES", "SenCacheHook", "apply_sencache", "get_stats", "remove_sencache", "residual_bytes"]
 
 
 class Lane:
@@ -242,3 +242,29 @@ def get_stats(target: Any, call: int = -1) -> CallStats:
     if not calls:
         raise ValueError("no pipeline call has run with SenCache yet")
     return merge(calls[call])
+
+
+def residual_bytes(target: Any) -> int:
+    """Bytes that SenCache's residual cache holds on ``target`` now: each CFG context's cached residual
+    ``blocks_out - blocks_in`` (every stream the blocks carry, e.g. the encoder states too), in every mode (graph mode:
+    the residual buffers of every captured call), summed over the transformers (Wan 2.2's two experts) for the calling
+    thread's pipeline calls, else the latest thread's (as ``get_stats``). Not counted: the decision state (a copy of
+    the latent per latent shape) and graph mode's captured memory pools. The size to compare with SenCache's memory
+    overhead over the uncached model; eager mode frees its residuals at the end of each pipeline call.
+
+    Args:
+        target: the pipeline or transformer SenCache was applied to.
+    """
+    hooks = [h for h in (_hook(tr) for tr in plumbing.transformers(target)) if h is not None]
+    if not hooks:
+        raise ValueError("SenCache is not applied to this pipeline/transformer; call sencache.apply_sencache first")
+    storages: dict[int, int] = {}  # one count per storage, whatever views of it the contexts hold
+    for hook in hooks:
+        lane = getattr(hook.local, "lane", None)
+        lane = lane if lane is not None and lane.clock.history else hook.latest
+        for ctx in lane.contexts.values():
+            for r in ctx.residuals():
+                storage = r.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+

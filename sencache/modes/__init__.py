@@ -44,6 +44,11 @@ class Context:
     residual: Residual = field(default_factory=Residual)
     captures: OrderedDict = field(default_factory=OrderedDict)
 
+    def residuals(self) -> list[torch.Tensor]:
+        """The tensors this context's residual cache holds now (graph mode: each captured call's body has its own)."""
+        sets = [self.residual.tensors, *(cap.body.residual.tensors for cap in self.captures.values())]
+        return [r for tensors in sets if tensors is not None for r in tensors if r is not None]
+
 
 class Executor:
     """One execution mode (see the module docstring)."""
