@@ -14,6 +14,7 @@ import sencache
 from sencache import offline_pipelines as tiny
 from sencache.hooks import _hook
 from sencache.modes.graph import inductor_cudagraphs
+from sencache_kernels import has_conditional_nodes
 from tests.helpers import flat_profile, run
 
 AOT = {"fullgraph": True, "backend": "aot_eager"}
@@ -167,3 +168,58 @@ def test_compiled_mode_over_compiled_blocks_equals_eager(compiled_wan):
     assert not counters["graph_break"]
     graphs = _graphs()
     assert torch.equal(go(pipe), want) and _graphs() == graphs
+
+
+# ----------------------------------------------------------------------------------------------------- GPU ---------
+
+requires_graph = pytest.mark.skipif(not (torch.cuda.is_available() and has_conditional_nodes()),
+                                    reason="needs a CUDA GPU and the extension built with CUDA")
+BF16 = {"rtol": 2e-2, "atol": 2e-2}
+
+
+@requires_graph
+def test_graph_mode_over_inductor_blocks_equals_eager_over_them():
+    """Inductor's kernels inside graph mode's IF node, whichever of compile_repeated_blocks and apply_sencache came
+    first: eager SenCache's decisions and, within bf16 tolerance, its output over the same compiled blocks."""
+    pipe = tiny.build_pipeline("wan", dtype=torch.bfloat16).to("cuda")
+    cfg = sencache.SenCacheConfig(profile=flat_profile(pipe), **SKIPPY)
+    try:
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        sencache.apply_sencache(pipe, cfg)
+        want, want_stats = go(pipe), sencache.get_stats(pipe)
+        assert want_stats.skipped > 0
+        for order in ("compiled first", "applied first"):
+            if order == "applied first":
+                _uncompile(pipe.transformer)
+                sencache.apply_sencache(pipe, cfg, mode="graph")
+                pipe.transformer.compile_repeated_blocks(fullgraph=True)
+            else:
+                sencache.apply_sencache(pipe, cfg, mode="graph")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no fallback
+                for _ in range(2):  # captures, then replays
+                    got, stats = go(pipe), sencache.get_stats(pipe)
+                    assert stats.computed == want_stats.computed, order
+                    assert stats.block_stack_calls == want_stats.block_stack_calls, order
+                    torch.testing.assert_close(got, want, **BF16)
+            assert _hook(pipe.transformer).mode == "graph" and all(_hook(pipe.transformer).stack.compiled)
+    finally:
+        _uncompile(pipe.transformer)
+
+
+@requires_graph
+def test_graph_mode_over_reduce_overhead_blocks_falls_back_to_eager_over_them():
+    pipe = tiny.build_pipeline("wan", dtype=torch.bfloat16).to("cuda")
+    cfg = sencache.SenCacheConfig(profile=flat_profile(pipe), **SKIPPY)
+    try:
+        sencache.apply_sencache(pipe, cfg)
+        want = go(pipe)
+        pipe.transformer.compile_repeated_blocks(fullgraph=True, mode="reduce-overhead")
+        sencache.apply_sencache(pipe, cfg, mode="graph")
+        with pytest.warns(RuntimeWarning, match="compiled with inductor's CUDA graphs"):
+            got = go(pipe)
+        assert _hook(pipe.transformer).mode == "eager"
+        torch.testing.assert_close(got, want, **BF16)
+        torch.testing.assert_close(go(pipe), want, **BF16)  # inductor's CUDA graphs replayed inside eager SenCache
+    finally:
+        _uncompile(pipe.transformer)
