@@ -22,6 +22,7 @@ Graph mode is unavailable under context parallelism (:func:`graph_reason`); comp
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ def layout(transformer: torch.nn.Module, x: torch.Tensor, hook_name: str, latent
     config = context_parallel(transformer)
     if config is None:
         return None
+    _traceable(transformer)
     group = config._flattened_mesh.get_group()
     registry = getattr(transformer, "_diffusers_hook", None)
     order = registry._hook_order if registry is not None else []
@@ -72,6 +74,23 @@ def layout(transformer: torch.nn.Module, x: torch.Tensor, hook_name: str, latent
         torch.distributed.all_reduce(count, group=group)
         elements = int(count)
     return Layout(group, split, elements)
+
+
+def _traceable(transformer: torch.nn.Module) -> None:
+    """Let compiled mode trace diffusers' split hooks: each looks up where its arguments sit with ``inspect`` on its
+    first call, and some log a one-time warning (Wan's 1-D timestep, which they leave whole), neither of which
+    torch.compile(fullgraph=True) can trace. The lookup is done here, on the host, and tracing skips that logger's call
+    (eager calls still log it)."""
+    warn = getattr(cp_hooks.logger, "warning_once", None)  # set on loggers by transformers, where it is imported
+    if warn is not None:
+        torch._dynamo.config.ignore_logging_functions.add(warn)
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for name, hook in (registry.hooks.items() if registry is not None else ()):
+            meta = getattr(hook, "module_forward_metadata", None)
+            if name.startswith(CP_HOOKS[0]) and meta is not None and meta.cached_parameter_indices is None:
+                names = list(inspect.signature(meta._cls.forward).parameters)[1:]  # without self
+                meta.cached_parameter_indices = {n: i for i, n in enumerate(names)}
 
 
 def _splits(hook: Any, arg: str, x: torch.Tensor) -> bool:
@@ -125,7 +144,8 @@ class ParallelState(DecisionState):
         super().__init__(like.new_zeros((like.shape[0], 1), dtype=torch.float32) if layout.split else like)
         self.layout = layout
         self.root_n = _sqrt_f32(layout.elements)
-        self._pending: tuple = ()
+        self._pending: tuple = ()  # the eager decision's inputs, for a forced decision where another rank computes
+        self._warned = False
         if layout.split:
             self.register_buffer("shard_ref", torch.zeros_like(like))
 
@@ -178,8 +198,11 @@ class ParallelState(DecisionState):
         torch.ops.sencache.decide(x, t, jx_now, jt_now, b["eps"], b["force"], b["x_ref"], b["t_ref"], b["jx_ref"],
                                   b["jt_ref"], b["skips"], b["flag"], b["score"] if score is None else score,
                                   b["ticket"], max_skips)
-        logger.warning("SenCache: the ranks of the context-parallel group took different decisions for a step; every "
-                       "rank computes it. Give every rank the same SenCacheConfig, profile and inputs.")
+        if not self._warned:
+            self._warned = True
+            logger.warning("SenCache: the ranks of the context-parallel group took different decisions for a step; "
+                           "every rank computes such steps. Give every rank the same SenCacheConfig, profile and "
+                           "inputs.")
 
     def step(self, x: torch.Tensor, t: torch.Tensor, jx_now: torch.Tensor, jt_now: torch.Tensor,
              max_skips: int) -> None:

@@ -30,7 +30,7 @@ from sencache import offline_pipelines as tiny
 from sencache import plumbing
 from sencache.hooks import _hook
 from sencache.parallel import CP_HOOKS, Layout, ParallelState, graph_reason, register_inside
-from sencache_kernels import DecisionState
+from sencache_kernels import COMPUTE, DecisionState
 from tests.helpers import STEPS, calibration_kwargs, flat_profile, run
 
 WORLD = 2
@@ -140,6 +140,30 @@ def _calibration(where):
     return profile.timesteps, profile.jx, profile.jt
 
 
+def _decisions(rank, split, eps):
+    """Six steps of a random latent walk decided by one process's DecisionState on the whole latent, and on this
+    rank by ParallelState's eager decide and its step under torch.compile(fullgraph=True): per step the three COMPUTE
+    bits and score lists (split: each rank holds its shard along dim 1)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 3, generator=gen)
+    moves = [0.02 * torch.randn(2, 8, 3, generator=gen) for _ in range(6)]
+    mine = (lambda v: v.chunk(WORLD, dim=1)[rank]) if split else (lambda v: v)
+    ones, small = torch.ones(2), torch.full((2,), 1e-3)
+    layout = Layout(dist.group.WORLD, split, 24)
+    one, eager, compiled = DecisionState(x), ParallelState(mine(x), layout), ParallelState(mine(x), layout)
+    step = torch.compile(compiled.step, fullgraph=True, backend="aot_eager")
+    rows = []
+    for k, move in enumerate(moves):
+        x = x + move
+        t = torch.full((2,), 1000.0 - 100 * k)
+        bits = [one.decide(x, t, ones, small, eps, k == 0, 3), eager.decide(mine(x), t, ones, small, eps, k == 0, 3)]
+        compiled.set_inputs(eps, k == 0)
+        step(mine(x), t, ones, small, 3)
+        bits.append(int(compiled.flag))
+        rows.append(([b & COMPUTE for b in bits], [s.score.tolist() for s in (one, eager, compiled)]))
+    return rows
+
+
 def _scenarios(rank):
     """Every scenario, each result or the traceback of its error (both ranks run the same scenarios in order)."""
     todo = []
@@ -152,6 +176,10 @@ def _scenarios(rank):
                              lambda a=arch, at=attention, o=order: _cached_run(a, at, o)))
     for arch, order in (("wan", "after"), ("ltx", "before")):
         todo.append(((arch, "disagree"), contextlib.nullcontext(), lambda a=arch, o=order: _disagreeing(rank, a, o)))
+    for split in (False, True):
+        todo.append((("decisions", split), contextlib.nullcontext(), lambda sp=split: _decisions(rank, sp, 0.05)))
+        todo.append((("decisions disagree", split), contextlib.nullcontext(),
+                     lambda sp=split: _decisions(rank, sp, 0.05 if rank == 0 else 0.0)))
     for where in ("one process", "ulysses"):
         todo.append((("calibration", where), contextlib.nullcontext(), lambda w=where: _calibration(w)))
     results = {}
@@ -246,6 +274,26 @@ def test_a_disagreement_computes_on_every_rank_instead_of_hanging(ranks, arch):
         assert torch.equal(res["out"], _result(ranks, r, (arch, "ulysses", "plain")))
     assert any("different decisions" in m for m in first["logged"])
     assert not other["logged"]  # rank 1 was never overruled
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_eager_and_compiled_decisions_equal_one_process(ranks, split):
+    computed = []
+    for r in range(WORLD):
+        for (one, eager, compiled), (s_one, s_eager, s_compiled) in _result(ranks, r, ("decisions", split)):
+            assert one == eager == compiled
+            assert s_eager == s_compiled
+            assert s_eager == pytest.approx(s_one, rel=1e-5)
+            computed.append(one)
+    assert 0 < sum(computed) < len(computed)  # some steps skip
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_compiled_guard_computes_where_any_rank_computes(ranks, split):
+    for r in range(WORLD):
+        rows = _result(ranks, r, ("decisions disagree", split))
+        assert all(eager == compiled == COMPUTE for (_, eager, compiled), _ in rows)  # rank 1 (eps=0) always computes
+    assert not all(one for (one, _, _), _ in _result(ranks, 0, ("decisions disagree", split)))  # rank 0 alone skips
 
 
 def test_calibration_under_context_parallelism_equals_one_process(ranks):
