@@ -224,6 +224,8 @@ def markdown_table(record: dict[str, Any]) -> str:
             if "overhead_vs_residual" in r:
                 memory += f" ({r['overhead_vs_residual']:.2f}x the residual cache)"
             syncs = "n/a" if r.get("host_syncs_per_step") is None else f"{r['host_syncs_per_step']:g}"
+            if "graph" in name and r.get("mode", "graph") != "graph":  # graph mode that fell back says so
+                name = f"{name} (ran in {r['mode']} mode)"
             lines.append(f"| {model} | {name} | {1000 * r['s_per_step']:.2f} | {vs} | {ideal} | "
                          f"{_size(r.get('peak_bytes'))} | {memory} | {_size(r.get('residual_bytes'))} | {syncs} |")
     return "\n".join(lines) + "\n"
