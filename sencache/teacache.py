@@ -19,6 +19,7 @@ import torch
 from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
 
 from sencache import plumbing
+from sencache.parallel import context_parallel
 from sencache.stack import BlockStack
 
 __all__ = ["TeaCacheConfig", "apply_teacache", "fit_coefficients", "modulated_input", "remove_teacache"]
@@ -83,6 +84,9 @@ class _TeaCacheHook(ModelHook):
         return module
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if context_parallel(module) is not None:  # each rank would decide on its own shard: ranks could hang
+            raise ValueError("the TeaCache baseline does not run under context parallelism (its decision would differ "
+                             "between ranks); run it in one process, or use sencache.apply_sencache")
         if self.state_manager._context is None:
             raise RuntimeError("TeaCache needs the pipeline's cache_context (call the transformer through a diffusers "
                                "pipeline, or wrap the call in transformer.cache_context('cond'))")

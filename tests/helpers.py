@@ -1,5 +1,6 @@
 """Helpers shared by the test modules (no test module imports another; fixtures live in conftest.py)."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -150,3 +151,39 @@ def assert_same_errors_as_fallback(op, cases):
     there = run_without_extension(f"result = [helpers.error_of({op!r}, a) for a in inputs]", cases)
     for case, (a, b) in enumerate(zip(here, there, strict=True)):
         assert a == b, f"case {case}:\n  extension: {a}\n  fallback:  {b}"
+
+
+def cp_pipeline(arch):
+    """A tiny pipeline for context parallelism on the CPU: LTX-Video's transformer is called without its text mask,
+    which diffusers' Ulysses attention fails on there (the tiny pipeline's is all ones, so outputs do not change)."""
+    from sencache import offline_pipelines
+
+    pipe = offline_pipelines.build_pipeline(arch)
+    if arch == "ltx":
+        pipe.transformer.register_forward_pre_hook(
+            lambda module, args, kwargs: (args, {**kwargs, "encoder_attention_mask": None}), with_kwargs=True)
+    return pipe
+
+
+def _flash_for_cpu(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                   enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal,
+                                                                         attn_mask=attn_mask, scale=scale)
+    out, lse = out.transpose(1, 2).contiguous(), lse.transpose(1, 2).contiguous()
+    return (out, lse) if return_lse else out
+
+
+@contextlib.contextmanager
+def cp_attention(name):
+    """diffusers' native attention under context parallelism on the CPU: for ``name="ring"``, its op replaced by one
+    that returns the log-sum-exp (``aten::_scaled_dot_product_flash_attention_for_cpu``), which ring attention needs."""
+    from diffusers.models import attention_dispatch
+
+    original = attention_dispatch._native_attention_forward_op
+    if name == "ring":
+        attention_dispatch._native_attention_forward_op = _flash_for_cpu
+    try:
+        yield
+    finally:
+        attention_dispatch._native_attention_forward_op = original

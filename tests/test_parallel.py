@@ -13,25 +13,24 @@ fails under Ulysses on the CPU, and the tiny pipeline's is all ones, so its tran
 import contextlib
 import datetime
 import logging
-import math
 import os
 import tempfile
 import traceback
+import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from diffusers import ContextParallelConfig
-from diffusers.models import attention_dispatch
 
 import sencache
-from sencache import offline_pipelines as tiny
-from sencache import plumbing
 from sencache.hooks import _hook
-from sencache.parallel import CP_HOOKS, Layout, ParallelState, graph_reason, register_inside
+from sencache.modes import graph as graph_mode
+from sencache.parallel import CP_HOOKS, Layout, ParallelState, layout
+from sencache.teacache import TeaCacheConfig, apply_teacache
 from sencache_kernels import COMPUTE, DecisionState
-from tests.helpers import STEPS, calibration_kwargs, flat_profile, run
+from tests.helpers import STEPS, calibration_kwargs, cp_attention, cp_pipeline, flat_profile, run
 
 WORLD = 2
 COLLECTIVE_TIMEOUT = 60  # seconds a rank waits in one collective before gloo raises
@@ -39,17 +38,6 @@ JOIN_TIMEOUT = 300  # seconds for the whole module's scenarios
 ATTENTION = {"ulysses": {"ulysses_degree": WORLD}, "ring": {"ring_degree": WORLD}}
 ORDERS = ("before", "after")  # apply_sencache before or after enable_parallelism
 ARCHS = ("wan", "ltx")  # Wan splits at its first block, LTX-Video at the transformer's input
-
-
-def _drop_mask(module, args, kwargs):
-    return args, {**kwargs, "encoder_attention_mask": None}
-
-
-def _pipe(arch):
-    pipe = tiny.build_pipeline(arch)
-    if arch == "ltx":
-        pipe.transformer.register_forward_pre_hook(_drop_mask, with_kwargs=True)
-    return pipe
 
 
 def _config(pipe, eps=0.3):
@@ -63,27 +51,6 @@ def _cached(pipe, arch):
     return {"out": out, "computed": stats.computed, "scores": stats.scores, "thresholds": stats.thresholds}
 
 
-def _flash_for_cpu(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                   enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
-    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal,
-                                                                         attn_mask=attn_mask, scale=scale)
-    out, lse = out.transpose(1, 2).contiguous(), lse.transpose(1, 2).contiguous()
-    return (out, lse) if return_lse else out
-
-
-@contextlib.contextmanager
-def _attention(name):
-    """The native backend's context-parallel op; for ring attention, one that returns the log-sum-exp."""
-    original = attention_dispatch._native_attention_forward_op
-    if name == "ring":
-        attention_dispatch._native_attention_forward_op = _flash_for_cpu
-    try:
-        yield
-    finally:
-        attention_dispatch._native_attention_forward_op = original
-
-
 def _parallel(pipe, attention):
     pipe.transformer.enable_parallelism(config=ContextParallelConfig(**ATTENTION[attention]))
 
@@ -91,7 +58,7 @@ def _parallel(pipe, attention):
 def _cached_run(arch, attention, order, eps=0.3):
     """A SenCache run under context parallelism (``order``: apply_sencache before or after enable_parallelism), then
     the same pipeline's output after remove_sencache."""
-    pipe = _pipe(arch)
+    pipe = cp_pipeline(arch)
     if order == "before":
         sencache.apply_sencache(pipe, _config(pipe, eps))
     _parallel(pipe, attention)
@@ -106,13 +73,13 @@ def _cached_run(arch, attention, order, eps=0.3):
 
 
 def _plain(arch, attention):
-    pipe = _pipe(arch)
+    pipe = cp_pipeline(arch)
     _parallel(pipe, attention)
     return run(pipe, arch)
 
 
 def _one_process(arch):
-    pipe = _pipe(arch)
+    pipe = cp_pipeline(arch)
     sencache.apply_sencache(pipe, _config(pipe))
     return _cached(pipe, arch)
 
@@ -132,12 +99,53 @@ def _disagreeing(rank, arch, order):
 
 def _calibration(where):
     """A calibration of tiny LTX-Video (split at its input) under Ulysses or in one process."""
-    pipe = _pipe("ltx")
+    pipe = cp_pipeline("ltx")
     if where == "ulysses":
         _parallel(pipe, "ulysses")
     profile = sencache.calibrate(pipe, num_samples=1, num_inference_steps=4, progress=False,
                                  **calibration_kwargs("ltx", pipe, 4))
     return profile.timesteps, profile.jx, profile.jt
+
+
+def _graph_falls_back():
+    """Graph mode on a context-parallel Wan, its CPU check stubbed out: it must fall back to eager for CP's reason."""
+    pipe = cp_pipeline("wan")
+    _parallel(pipe, "ulysses")
+    sencache.apply_sencache(pipe, _config(pipe), mode="graph")
+    unavailable, graph_mode.unavailable_reason = graph_mode.unavailable_reason, lambda x: None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = _cached(pipe, "wan")
+    finally:
+        graph_mode.unavailable_reason = unavailable
+    return {**res, "mode": _hook(pipe.transformer).mode, "warnings": [str(w.message) for w in caught]}
+
+
+def _teacache_refuses():
+    pipe = cp_pipeline("wan")
+    _parallel(pipe, "ulysses")
+    apply_teacache(pipe.transformer, TeaCacheConfig(threshold=0.1, coefficients=[1.0, 0.0], num_inference_steps=STEPS))
+    with pytest.raises(ValueError) as err:
+        run(pipe, "wan")
+    return str(err.value)
+
+
+def _split_hook_positions():
+    """diffusers' split hooks' argument positions on a Wan, as ``layout`` resolves them before any call (so that
+    compiled mode can trace the hooks), and as the hooks that need them resolve them on their first call."""
+    def positions(pipe):
+        return {(name, type(module).__name__): hook.module_forward_metadata.cached_parameter_indices
+                for module in pipe.transformer.modules() if hasattr(module, "_diffusers_hook")
+                for name, hook in module._diffusers_hook.hooks.items() if name.startswith(CP_HOOKS[0])}
+
+    ours, theirs = cp_pipeline("wan"), cp_pipeline("wan")
+    for pipe in (ours, theirs):
+        _parallel(pipe, "ulysses")
+    before = positions(ours)
+    layout(ours.transformer, torch.zeros(1, 4), "sencache", "hidden_states")
+    run(theirs, "wan", num_inference_steps=2)
+    return before, positions(ours), positions(theirs)
 
 
 def _decisions(rank, split, eps):
@@ -170,12 +178,16 @@ def _scenarios(rank):
     for arch in ARCHS:
         todo.append(((arch, "one process"), contextlib.nullcontext(), lambda a=arch: _one_process(a)))
         for attention in ATTENTION:
-            todo.append(((arch, attention, "plain"), _attention(attention), lambda a=arch, at=attention: _plain(a, at)))
+            todo.append(((arch, attention, "plain"), cp_attention(attention),
+                         lambda a=arch, at=attention: _plain(a, at)))
             for order in ORDERS:
-                todo.append(((arch, attention, order), _attention(attention),
+                todo.append(((arch, attention, order), cp_attention(attention),
                              lambda a=arch, at=attention, o=order: _cached_run(a, at, o)))
     for arch, order in (("wan", "after"), ("ltx", "before")):
         todo.append(((arch, "disagree"), contextlib.nullcontext(), lambda a=arch, o=order: _disagreeing(rank, a, o)))
+    todo.append((("graph",), contextlib.nullcontext(), _graph_falls_back))
+    todo.append((("teacache",), contextlib.nullcontext(), _teacache_refuses))
+    todo.append((("positions",), contextlib.nullcontext(), _split_hook_positions))  # Wan's first block: positional
     for split in (False, True):
         todo.append((("decisions", split), contextlib.nullcontext(), lambda sp=split: _decisions(rank, sp, 0.05)))
         todo.append((("decisions disagree", split), contextlib.nullcontext(),
@@ -296,49 +308,31 @@ def test_compiled_guard_computes_where_any_rank_computes(ranks, split):
     assert not all(one for (one, _, _), _ in _result(ranks, 0, ("decisions disagree", split)))  # rank 0 alone skips
 
 
+def test_graph_mode_falls_back_to_eager_under_context_parallelism_with_the_reason(ranks):
+    for r in range(WORLD):
+        res = _result(ranks, r, ("graph",))
+        assert res["mode"] == "eager"
+        assert any("context parallelism" in w and "eager mode instead" in w for w in res["warnings"])
+        assert res["computed"] == _result(ranks, r, ("wan", "ulysses", "after"))["computed"]
+        assert torch.equal(res["out"], _result(ranks, r, ("wan", "ulysses", "after"))["out"])
+
+
+def test_teacache_baseline_refuses_context_parallelism(ranks):
+    for r in range(WORLD):
+        assert "does not run under context parallelism" in _result(ranks, r, ("teacache",))
+
+
+def test_layout_resolves_split_hook_positions_as_diffusers_does(ranks):
+    for r in range(WORLD):
+        before, ours, theirs = _result(ranks, r, ("positions",))
+        assert before and all(v is None for v in before.values())
+        assert all(ours.values())
+        resolved = {k: v for k, v in theirs.items() if v is not None}  # hooks that looked their arguments up
+        assert resolved and all(ours[k] == v for k, v in resolved.items())
+
+
 def test_calibration_under_context_parallelism_equals_one_process(ranks):
     for r in range(WORLD):
         one = _result(ranks, r, ("calibration", "one process"))
         for got, want in zip(_result(ranks, r, ("calibration", "ulysses")), one, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
-
-
-def test_block_hooks_sit_inside_context_parallel_hooks():
-    from diffusers.hooks.hooks import ModelHook
-
-    class Tag(ModelHook):
-        def __init__(self, tag, seen):
-            super().__init__()
-            self.tag, self.seen = tag, seen
-
-        def pre_forward(self, module, *args, **kwargs):
-            self.seen.append(self.tag)
-            return args, kwargs
-
-    seen = []
-    block = torch.nn.Linear(3, 3)
-    registry = plumbing.registry(block)
-    registry.register_hook(Tag("below", seen), "below")
-    registry.register_hook(Tag("split", seen), CP_HOOKS[0] + "blocks.0")
-    registry.register_hook(Tag("later", seen), "later")
-    register_inside(block, Tag("ours", seen), "ours")
-    assert registry._hook_order == ["below", "ours", CP_HOOKS[0] + "blocks.0", "later"]
-    block(torch.randn(2, 3))
-    assert seen == ["later", "split", "ours", "below"]  # outermost first
-
-
-def test_graph_mode_is_unavailable_under_context_parallelism():
-    x = torch.randn(2, 4, 3)
-    assert "context parallelism" in graph_reason(ParallelState(x, Layout(None, False, 12)))
-    assert graph_reason(DecisionState(x)) is None
-
-
-def test_split_threshold_is_the_one_process_threshold_bit_for_bit():
-    """The tolerance buffer of a split state times the op's sqrt(1) equals eps * sqrt(elements) as the op rounds it."""
-    for eps, n in ((0.3, 1536), (0.07, 7), (1e-3, 4097)):
-        state = ParallelState(torch.randn(2, 5), Layout(None, True, n))
-        state.set_inputs(eps, False)
-        want = torch.tensor(eps, dtype=torch.float32) * torch.tensor(float(n), dtype=torch.float32).sqrt()
-        assert state.eps.item() == want.item()
-        assert state.x_ref.shape == (2, 1) and state.shard_ref.shape == (2, 5)
-        assert math.isclose(state.eps.item(), eps * math.sqrt(n), rel_tol=1e-6)
