@@ -286,18 +286,21 @@ def main(argv: list[str] | None = None) -> None:
         if args.append and args.out.is_file():
             _extend(record, json.loads(args.out.read_text()), args.out)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        for name, spec in specs.items():
-            model = Model(name, spec, device, dtype)
+        # Each twin's hooks make their own entries in dynamo's cache of the blocks' compiled code (a user's one
+        # transformer makes a few): room for all of them, so that no row runs uncompiled or fails under fullgraph.
+        with torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, 64)):
+            for name, spec in specs.items():
+                model = Model(name, spec, device, dtype)
 
-            def save(rows: dict[str, Any], order: list[list[str]], name: str = name) -> None:
-                record["results"][name] = rows
-                record.setdefault("order", {})[name] = order
-                args.out.write_text(json.dumps(record, indent=2) + "\n")
+                def save(rows: dict[str, Any], order: list[list[str]], name: str = name) -> None:
+                    record["results"][name] = rows
+                    record.setdefault("order", {})[name] = order
+                    args.out.write_text(json.dumps(record, indent=2) + "\n")
 
-            measure(model, args.steps, args.repeats, rows_to_run, args.max_seconds, save)
-            del model
-            if cuda:
-                torch.cuda.empty_cache()
+                measure(model, args.steps, args.repeats, rows_to_run, args.max_seconds, save)
+                del model
+                if cuda:
+                    torch.cuda.empty_cache()
         source = args.out
     else:
         source = args.render
