@@ -43,7 +43,7 @@ python3 -c "import xdist" 2>/dev/null && parallel=(-n 8)
 python3 -c "import pytest_timeout" 2>/dev/null && parallel+=(--timeout 200)
 # the files with GPU tests (TESTS to choose others, e.g. tests for the whole suite: ~170 s with 8 workers on an H100)
 tests=${TESTS:-tests/test_graph.py tests/test_regional_compile.py tests/test_compiled.py tests/test_conditional.py
-tests/test_decide_triton.py tests/test_commit.py}
+tests/test_decide_triton.py tests/test_commit.py tests/test_parallel_units.py}
 # shellcheck disable=SC2086
 timeout 200 python3 -m pytest -q $tests -p no:cacheprovider -rs "${parallel[@]}" > "$out/pytest.log" 2>&1
 echo "tests rc=$? after $(elapsed) s"; grep -E "^(FAILED|ERROR)|crashed while| passed| failed" "$out/pytest.log"
