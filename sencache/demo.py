@@ -29,6 +29,7 @@ import sencache
 from sencache import offline_pipelines as tiny
 from sencache.config import EPS_START_RATIO
 from sencache.metrics import psnr, ssim
+from sencache.planner import SCHEDULES, missing_tables
 
 MODELS = ("reference", *tiny.ALL_ARCHITECTURES)
 # Per model: steps, eps, eps_start. Reference: the SenCache point near 50% NFE of the committed quality run.
@@ -56,11 +57,22 @@ def _timed(fn):
 
 
 def check_arguments(model: str, steps: int | None, eps: float | None, eps_start: float | None, max_skips: int,
-                    calibration_samples: int, out_dir: str, prompt: str | None, repeats: int) -> None:
+                    calibration_samples: int, out_dir: str, prompt: str | None, repeats: int,
+                    target_nfe: float | None = None, schedule: str = "fixed") -> None:
     """Raise ``ValueError`` (saying what to change) for arguments the demo cannot run with, before any work; creates
     ``out_dir`` and checks that a file can be written there."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+    if target_nfe is not None:
+        n = steps if steps is not None else _DEFAULTS["reference" if model == "reference" else "tiny"][0]
+        if eps is not None or eps_start is not None:
+            raise ValueError("target_nfe plans the tolerances: give it without eps / eps_start")
+        if isinstance(target_nfe, bool) or not isinstance(target_nfe, (int, float)) or not 1 <= target_nfe <= n:
+            raise ValueError(f"target_nfe must be a number in [1, {n}] (the steps), got {target_nfe!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule == "planned" and target_nfe is None:
+        raise ValueError("the planned schedule plans the tolerances for a target: give target_nfe with it")
 
     def whole(name: str, value: Any, least: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -92,8 +104,9 @@ def check_arguments(model: str, steps: int | None, eps: float | None, eps_start:
                          "directory") from exc
 
 
-def _setup(model: str, steps: int, seed: int, calibration_samples: int, prompt: str | None):
-    """(pipe, kwargs factory, profile, description) for the reference model or a tiny architecture."""
+def _setup(model: str, steps: int, seed: int, calibration_samples: int, prompt: str | None, plan: bool = False):
+    """(pipe, kwargs factory, profile) for the reference model or a tiny architecture; ``plan``: the profile must have
+    the calibration trajectories of a generation of ``steps`` (a target is planned on them)."""
     if model == "reference":
         from sencache.reference.data import CONDITIONS
         from sencache.reference.model import CHECKPOINT_DIR, load_reference_pipeline
@@ -106,11 +119,16 @@ def _setup(model: str, steps: int, seed: int, calibration_samples: int, prompt: 
                     "generator": torch.Generator().manual_seed(seed)}
 
         shipped = Path(CHECKPOINT_DIR) / "sencache_profile.safetensors"
+        why = "no shipped profile"
         if shipped.is_file():
-            print(f"SenCache demo: reference model, {prompt!r}, {steps} steps; profile {shipped}")
-            return pipe, kwargs, sencache.SensitivityProfile.load(str(shipped))
+            profile = sencache.SensitivityProfile.load(str(shipped))
+            lacks = missing_tables(profile) + ([f"a calibration at {steps} steps"] if len(profile) != steps else [])
+            if not plan or not lacks:
+                print(f"SenCache demo: reference model, {prompt!r}, {steps} steps; profile {shipped}")
+                return pipe, kwargs, profile
+            why = f"to plan the target, the shipped profile lacks {', '.join(lacks)}"
         print(f"SenCache demo: reference model, {prompt!r}, {steps} steps; calibrating on {calibration_samples} "
-              "samples (no shipped profile) ...")
+              f"samples ({why}) ...")
         profile = sencache.calibrate(pipe, prompts=CONDITIONS[:calibration_samples], num_samples=calibration_samples,
                                      seeds=range(100, 100 + calibration_samples), num_inference_steps=steps)
         return pipe, kwargs, profile
@@ -140,17 +158,26 @@ def _spread(times: list[float]) -> str:
 
 def run_demo(model: str = "reference", steps: int | None = None, eps: float | None = None,
              eps_start: float | None = None, max_skips: int = 3, calibration_samples: int = 4,
-             out_dir: str = "outputs", seed: int = 0, prompt: str | None = None, repeats: int = 3) -> dict:
+             out_dir: str = "outputs", seed: int = 0, prompt: str | None = None, repeats: int = 3,
+             target_nfe: float | None = None, schedule: str = "fixed") -> dict:
     """Generate with and without SenCache, print the comparison, save the GIF; return the numbers.
 
-    The wall times are medians over ``repeats`` runs of each (alternating, after a 2-step warm-up of each)."""
-    check_arguments(model, steps, eps, eps_start, max_skips, calibration_samples, out_dir, prompt, repeats)
+    The wall times are medians over ``repeats`` runs of each (alternating, after a 2-step warm-up of each). With
+    ``target_nfe`` the tolerances are planned for it (``schedule``: ``"fixed"`` or ``"planned"``)."""
+    check_arguments(model, steps, eps, eps_start, max_skips, calibration_samples, out_dir, prompt, repeats,
+                    target_nfe, schedule)
     d_steps, d_eps, d_eps_start = _DEFAULTS["reference" if model == "reference" else "tiny"]
     steps = d_steps if steps is None else steps
-    eps = d_eps if eps is None else eps
-    eps_start = d_eps_start if eps_start is None else eps_start
-    pipe, kwargs, profile = _setup(model, steps, seed, calibration_samples, prompt)
-    config = sencache.SenCacheConfig(profile=profile, eps=eps, eps_start=eps_start, max_consecutive_skips=max_skips)
+    pipe, kwargs, profile = _setup(model, steps, seed, calibration_samples, prompt, plan=target_nfe is not None)
+    if target_nfe is not None:
+        config = sencache.SenCacheConfig(profile=profile, target_nfe=target_nfe, schedule=schedule,
+                                         max_consecutive_skips=max_skips)
+        print(f"  {schedule} tolerances for {target_nfe:g} NFE: predicted NFE {config.plan.predicted_nfe:.2f} "
+              f"(calibration samples {min(config.plan.sample_nfe):g}-{max(config.plan.sample_nfe):g})")
+    else:
+        config = sencache.SenCacheConfig(profile=profile, eps=d_eps if eps is None else eps,
+                                         eps_start=d_eps_start if eps_start is None else eps_start,
+                                         max_consecutive_skips=max_skips)
 
     def video(result: Any) -> torch.Tensor:  # [F, 3, H, W]; an image is a video of one frame
         out = result.frames[0] if model == "reference" else tiny.output_of(model, result)[0]
@@ -169,7 +196,8 @@ def run_demo(model: str = "reference", steps: int | None = None, eps: float | No
 
     warm = {**kwargs(), "num_inference_steps": min(2, steps)}
     pipe(**warm)
-    sencache.apply_sencache(pipe, config)
+    # (a plan is for the full step count: the 2-step warm-up runs the default tolerances)
+    sencache.apply_sencache(pipe, config if config.plan is None else sencache.SenCacheConfig(profile=profile))
     try:
         pipe(**warm)
     finally:
@@ -253,6 +281,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=_whole(1), default=None, help="denoising steps (default: 50 reference, 30 tiny)")
     p.add_argument("--eps", type=_tolerance, default=None)
     p.add_argument("--eps-start", type=_tolerance, default=None)
+    p.add_argument("--target-nfe", type=_tolerance, default=None,
+                   help="plan the tolerances for this many block-stack evaluations (instead of --eps/--eps-start)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="fixed",
+                   help="with --target-nfe: one eps after a start phase (fixed) or one per step (planned)")
     p.add_argument("--max-skips", type=_whole(0), default=3)
     p.add_argument("--calibration-samples", type=_whole(1), default=4)
     p.add_argument("--repeats", type=_whole(1), default=3,
@@ -262,11 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     try:
         check_arguments(a.model, a.steps, a.eps, a.eps_start, a.max_skips, a.calibration_samples, a.out, a.prompt,
-                        a.repeats)
+                        a.repeats, a.target_nfe, a.schedule)
     except ValueError as exc:
         p.error(str(exc))
     run_demo(a.model, a.steps, a.eps, a.eps_start, a.max_skips, a.calibration_samples, a.out, a.seed, a.prompt,
-             a.repeats)
+             a.repeats, a.target_nfe, a.schedule)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,14 @@ def test_demo_runs_and_writes_gif(tmp_path, capsys):
         assert im.n_frames == 9 and im.size[0] == 3 * im.size[1]  # three panels side by side
 
 
+def test_demo_plans_for_a_target(tmp_path, capsys):
+    res = run_demo("ltx", steps=8, target_nfe=4, schedule="planned", calibration_samples=1, out_dir=str(tmp_path),
+                   repeats=1)
+    out = capsys.readouterr().out
+    assert "planned tolerances for 4 NFE: predicted NFE 4.00" in out and "PSNR vs uncached" in out
+    assert abs(res["nfe"] - 4) <= 1
+
+
 @pytest.mark.parametrize("model", ["flux", "wan22"])  # an image family (one frame), two experts
 def test_demo_runs_the_new_families(model, tmp_path, capsys):
     res = run_demo(model, steps=8, eps=0.5, eps_start=0.5, calibration_samples=1, out_dir=str(tmp_path), repeats=1)
@@ -73,6 +81,10 @@ def _no_work(monkeypatch):
         (dict(max_skips=-1), "max_skips must be an integer >= 0"),
         (dict(calibration_samples=0), "calibration_samples must be"),
         (dict(repeats=0), "repeats must be"),
+        (dict(target_nfe=20, eps=0.1), "give it without eps"),
+        (dict(target_nfe=0), r"target_nfe must be a number in \[1, 50\]"),
+        (dict(model="wan", target_nfe=31), r"\[1, 30\]"),
+        (dict(schedule="planned"), "give target_nfe with it"),
     ],
 )
 def test_demo_rejects_bad_arguments_before_any_work(monkeypatch, tmp_path, kwargs, match):
@@ -104,6 +116,8 @@ def test_demo_rejects_an_unwritable_out_before_any_work(monkeypatch, tmp_path):
         (["--eps", "-1"], "argument --eps: must be a finite number >= 0"),
         (["--repeats", "0"], "argument --repeats: must be >= 1"),
         (["--prompt", ""], "the prompt is empty"),
+        (["--target-nfe", "20", "--eps-start", "0.01"], "give it without eps"),
+        (["--schedule", "planned"], "give target_nfe with it"),
     ],
 )
 def test_demo_cli_exits_2_with_one_line(monkeypatch, capsys, argv, says):

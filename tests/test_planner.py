@@ -15,11 +15,12 @@ from sencache_kernels import COMPUTE, DecisionState
 from tests.helpers import calibration_kwargs
 
 
-def synthetic(n=12, samples=4, seed=0, numel=64, scale=None, transformer="WanTransformer3DModel"):
-    """A profile with calibration trajectories: drift growing along the schedule, a spread over the samples
+def synthetic(n=12, samples=4, seed=0, numel=64, scale=None, spread=0.5, transformer="WanTransformer3DModel"):
+    """A profile with calibration trajectories: drift growing along the schedule, ``1 +- spread`` over the samples
     (``scale``: a factor per sample on its drift)."""
     g = torch.Generator().manual_seed(seed)
-    drift = (torch.rand(samples, n, generator=g, dtype=torch.float64) + 0.5) * torch.linspace(0.5, 3.0, n)
+    noise = (torch.rand(samples, n, generator=g, dtype=torch.float64) * 2 - 1) * spread
+    drift = (1 + noise) * torch.linspace(0.5, 3.0, n)
     if scale is not None:
         drift = drift * torch.tensor(scale, dtype=torch.float64)[:, None]
     t = torch.linspace(1000, 1000 / n, n, dtype=torch.float64)
@@ -60,7 +61,8 @@ def _cost(traj, mask):
         if mask[m]:
             r = m
         else:
-            total += float(traj.dt[m] * (traj.jx[r] * (reach[m] - reach[r]) + traj.jt[r] * abs(traj.t[m] - traj.t[r])))
+            score = traj.jx[r] * (reach[m] - reach[r]) + traj.jt[r] * abs(traj.t[m] - traj.t[r])
+            total += float(traj.weight[m] * score)
     return total
 
 
@@ -91,10 +93,17 @@ def test_plan_hits_the_target_and_a_drifting_sample_computes_more(schedule):
 
 
 def test_planned_schedule_has_less_predicted_error_than_the_fixed_one():
+    """Less where the samples drift alike (5%: real profiles spread 1-3%), at most as much where they do not (the
+    fixed table is a candidate of the planned schedule)."""
     for target in (8, 11):  # (5 of 20 steps with K=3 leaves one choice: every fourth step)
-        fixed, planned = (planner.plan(synthetic(n=20), target, schedule=s) for s in planner.SCHEDULES)
-        assert planned.predicted_nfe == fixed.predicted_nfe == target
-        assert planned.predicted_error < fixed.predicted_error
+        for spread in (0.05, 0.5):
+            fixed, planned = (planner.plan(synthetic(n=20, spread=spread), target, schedule=s)
+                              for s in planner.SCHEDULES)
+            assert abs(planned.predicted_nfe - target) <= abs(fixed.predicted_nfe - target) <= 0.25
+            if spread == 0.05:
+                assert planned.predicted_error < fixed.predicted_error
+            else:
+                assert planned.predicted_error <= fixed.predicted_error
 
 
 def test_profiles_without_trajectories_are_refused():
