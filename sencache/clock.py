@@ -57,7 +57,7 @@ def view_entry(t: Any) -> tuple[torch.Tensor | None, int | None]:
     if root is None or root.dim() != 1 or (t.numel() != 1 and any(t.stride())):
         return None, None
     k, r = divmod(t.data_ptr() - root.data_ptr(), root.stride(0) * root.element_size())
-    return (root, k) if r == 0 and 0 <= k < len(root) and root.stride(0) > 0 else (None, None)
+    return (root, k) if r == 0 and 0 <= k < root.shape[0] and root.stride(0) > 0 else (None, None)
 
 
 class _Schedule:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import threading
 import warnings
 from typing import Any
@@ -45,6 +46,10 @@ class SenCacheHook(ModelHook):
     """Transformer-level hook: one transformer call of a denoising step (see the module docstring)."""
 
     _is_stateful = True
+    # Everything but ``state_manager`` (and the base class's ``fn_ref``) in slots, out of the instance ``__dict__``:
+    # diffusers' ``cache_context`` scans a stateful hook's ``vars()`` for state managers twice per transformer call.
+    __slots__ = ("adapter", "adopted", "arg_slots", "args", "chain", "compile_options", "config", "lane", "latest",
+                 "local", "lock", "new_clock", "requested_mode", "stack")
 
     def __init__(self, config: SenCacheConfig, adapter: Adapter, pipeline: Any | None, stack: BlockStack,
                  mode: str = "eager", compile_options: dict[str, Any] | None = None) -> None:
@@ -92,6 +97,9 @@ class SenCacheHook(ModelHook):
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
         self.args = plumbing.Args(type(module).forward, self.adapter.latent_arg, self.adapter.timestep_arg,
                                   *self.adapter.uncacheable_args)
+        positions = [self.args.positions[n] for n in (self.adapter.latent_arg, self.adapter.timestep_arg)]
+        self.arg_slots = (self.adapter.latent_arg, sys.maxsize if positions[0] is None else positions[0],
+                          self.adapter.timestep_arg, sys.maxsize if positions[1] is None else positions[1])
         return module
 
     def latent(self, args: tuple, kwargs: dict) -> Any:
@@ -108,10 +116,11 @@ class SenCacheHook(ModelHook):
         return module
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        ctx = plumbing.current_context(self.state_manager)
+        ctx = self.state_manager.current()
         name, step_index, ctx_steps = ("default", None, None) if ctx is None else ctx  # outside cache_context
-        x = self.args.get(args, kwargs, self.adapter.latent_arg)
-        t = self.args.get(args, kwargs, self.adapter.timestep_arg)
+        x_name, x_pos, t_name, t_pos = self.arg_slots  # Args.get of the latent and the timestep, inlined
+        x = kwargs[x_name] if x_name in kwargs else args[x_pos] if x_pos < len(args) else None
+        t = kwargs[t_name] if t_name in kwargs else args[t_pos] if t_pos < len(args) else None
         if not isinstance(x, torch.Tensor) or t is None:
             raise ValueError(f"SenCache: the transformer was called without `{self.adapter.latent_arg}` or "
                              f"`{self.adapter.timestep_arg}`")
@@ -121,7 +130,7 @@ class SenCacheHook(ModelHook):
                                  f"`{arg}` (it changes the streams between blocks); call "
                                  "sencache.remove_sencache(pipe) for such calls")
         with self.lock:
-            lane = self.lane = self.latest = self.own_lane()
+            lane = self.lane = self.latest = getattr(self.local, "lane", None) or self.own_lane()
             name, step = lane.clock.enter(module, name, x, t, step_index, ctx_steps)
             if self.chain is None:
                 self.chain = build_chain(self, self.requested_mode, x, self.compile_options)

@@ -61,6 +61,16 @@ class _ThreadContext(StateManager):
     def _context(self, value: Any) -> None:
         self._local.context = value
 
+    def set_context(self, context: Any) -> None:  # what cache_context calls twice per transformer call: one frame
+        self._local.context = context
+
+    def current(self) -> tuple[str, int | None, int | None] | None:
+        """``current_context(self)``, without its generality (the transformer hook asks at every call)."""
+        ctx = getattr(self._local, "context", None)
+        if ctx is None:
+            return None
+        return getattr(ctx, "name", ctx), getattr(ctx, "step_index", None), getattr(ctx, "num_inference_steps", None)
+
 
 class NoState(BaseState):
     """The per-context state of a hook that keeps its own: diffusers' ``StateManager`` then only tells the context."""
@@ -69,7 +79,7 @@ class NoState(BaseState):
         pass
 
 
-def context_manager() -> StateManager:
+def context_manager() -> _ThreadContext:
     """A ``StateManager`` for a stateful hook: diffusers' ``cache_context`` sets the current context on it (one per
     thread)."""
     return _ThreadContext()

@@ -21,6 +21,7 @@ only the pass-through path, the one an uncached call takes, and graph mode can c
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -127,7 +128,13 @@ class BlockStack:
         self.hook_name = hook_name
         self.head: Head | None = None  # set while a transformer call runs
         self.streams = ("hidden_states", "encoder_hidden_states") if self.carries_encoder else ("hidden_states",)
-        self.positions = [(name, self.args.positions[name]) for name in self.streams]
+        # Where the streams sit in a block call: (name, position) each, the position "past any call" when the forward
+        # has no such parameter; the second stream's name is None where the blocks carry one.
+        (self._n0, self._p0), (self._n1, self._p1) = [
+            (name, sys.maxsize if self.args.positions[name] is None else self.args.positions[name])
+            for name in self.streams] + [(None, sys.maxsize)] * (2 - len(self.streams))
+        self.unpacks = [unpack for unpack, _ in self.codecs]
+        self.bare = all(layout == (0, None) for layout in self.layouts)  # every block returns its hidden states alone
         self.forwards: list[Callable[..., Any]] = []  # the blocks' forwards below our hooks
         self.compiled: list[Callable[..., Any] | None] = [None] * len(self.blocks)  # taken by adopt_compiled
         self.calls: list[Callable[..., Any]] | None = None  # what ``run`` calls when some blocks are compiled
@@ -167,10 +174,13 @@ class BlockStack:
         return _Running(self, head)
 
     def carried(self, args: tuple, kwargs: dict) -> Carried:
-        """The streams the blocks carry, from the arguments of a block call (``Args.get``, inlined: every block of
-        every call asks)."""
-        return tuple([kwargs[name] if name in kwargs else args[pos] if pos is not None and pos < len(args) else None
-                      for name, pos in self.positions])
+        """The streams the blocks carry, from the arguments of a block call (None for one not passed). Written out
+        for one or two streams, without a loop: every block of every call asks."""
+        n0, n1 = self._n0, self._n1
+        h = kwargs[n0] if n0 in kwargs else args[self._p0] if self._p0 < len(args) else None
+        if n1 is None:
+            return (h,)
+        return h, kwargs[n1] if n1 in kwargs else args[self._p1] if self._p1 < len(args) else None
 
     def run(self, carried: Carried, args: tuple, kwargs: dict) -> Carried:
         """Every block on ``carried`` (each block takes the head block's other arguments). Blocks compiled by region
@@ -186,11 +196,22 @@ class BlockStack:
 
     def _run(self, calls: list[Callable[..., Any]], carried: Carried, args: tuple, kwargs: dict) -> Carried:
         args, kwargs = list(args), dict(kwargs)
-        slots = [(args, pos) if name not in kwargs and pos is not None and pos < len(args) else (kwargs, name)
-                 for name, pos in self.positions]  # where each stream goes in a block call
-        for call, (unpack, _) in zip(calls, self.codecs, strict=True):
-            for (where, key), value in zip(slots, carried, strict=True):
-                where[key] = value
+        n0, p0, n1, p1 = self._n0, self._p0, self._n1, self._p1
+        w0, k0 = (args, p0) if n0 not in kwargs and p0 < len(args) else (kwargs, n0)  # where each stream goes
+        if self.bare:  # (then one stream)
+            h = carried[0]
+            for call in calls:
+                w0[k0] = h
+                h = call(*args, **kwargs)
+            return (h,)
+        if n1 is None:
+            for call, unpack in zip(calls, self.unpacks, strict=True):
+                w0[k0] = carried[0]
+                carried = unpack(call(*args, **kwargs))
+            return carried
+        w1, k1 = (args, p1) if n1 not in kwargs and p1 < len(args) else (kwargs, n1)
+        for call, unpack in zip(calls, self.unpacks, strict=True):
+            w0[k0], w1[k1] = carried
             carried = unpack(call(*args, **kwargs))
         return carried
 

@@ -15,7 +15,8 @@ class EagerExecutor(Executor):
     name = "eager"
 
     def __call__(self, ctx: Context, step: Any, args: tuple, kwargs: dict) -> Any:
-        hook, clock = self.hook, self.hook.clock
+        hook = self.hook
+        clock = hook.lane.clock
         if step is not None:
             row = clock.score_row(step)
             flag = step.state.decide(step.x, step.t, step.jx, step.jt, step.eps, step.forced,
@@ -35,7 +36,8 @@ class EagerExecutor(Executor):
             stack.head = None
 
     def replace_stack(self, carried: Carried, args: tuple, kwargs: dict) -> Carried:
-        clock, stack, residual = self.hook.clock, self.hook.stack, self._residual
+        hook = self.hook
+        clock, stack, residual = hook.lane.clock, hook.stack, self._residual
         compute = clock.compute or not residual.valid(clock.call, carried)
         clock.count_stack_call(compute)
         if not compute:
