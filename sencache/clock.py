@@ -280,7 +280,7 @@ class StepClock:
     def count_stack_call(self, computed: bool | torch.Tensor) -> None:
         """One context's call: whether it ran the block stack (a bool, or the step's flag snapshot)."""
         if self.recorder is not None:
-            self.recorder.count_stack_call(computed)
+            self.recorder.stack_calls.append(computed)
 
 def _version(v: Any) -> int | None:
     return v._version if isinstance(v, torch.Tensor) and not v.is_inference() else None

@@ -218,6 +218,9 @@ class BlockStack:
     @staticmethod
     def residual(out: Carried, carried: Carried) -> Carried:
         """``blocks_out - blocks_in``, per stream (None where the output is None)."""
+        if len(out) == 1 == len(carried):  # one stream: no comprehension's frame (every computed call)
+            o = out[0]
+            return (None if o is None else o - carried[0],)
         return tuple([None if o is None else o - c for o, c in zip(out, carried, strict=True)])
 
     @staticmethod
@@ -234,6 +237,9 @@ class BlockStack:
     @staticmethod
     def skip(carried: Carried, residual: Carried) -> Carried:
         """``blocks_in + residual``, per stream: the stack's output on a skipped step."""
+        if len(carried) == 1 == len(residual):  # one stream: no comprehension's frame (every skipped call)
+            r = residual[0]
+            return (None if r is None else carried[0] + r,)
         return tuple([None if r is None else c + r for c, r in zip(carried, residual, strict=True)])
 
 

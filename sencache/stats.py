@@ -72,7 +72,8 @@ class StatsRecorder:
         self.num_steps = num_steps
         self.key = key
         self.started = next(_STARTED)
-        self._stack_calls: list[bool | torch.Tensor] = []
+        # one entry per context's transformer call: whether it ran the block stack (a bool, or a flag snapshot)
+        self.stack_calls: list[bool | torch.Tensor] = []
         self._steps: list[tuple[torch.Tensor, torch.Tensor, float, bool, bool | torch.Tensor]] = []
         self._rows: tuple[torch.Tensor, ...] | None = None
 
@@ -92,10 +93,6 @@ class StatsRecorder:
         hands copies) and its decision: a bool, or a snapshot of the device flag kept unchanged (no sync)."""
         self._steps.append((t, score, threshold, forced, computed))
 
-    def count_stack_call(self, computed: bool | torch.Tensor) -> None:
-        """One context's transformer call: whether it ran the block stack (a bool, or a flag snapshot)."""
-        self._stack_calls.append(computed)
-
     @staticmethod
     def _computed(values: list[bool | torch.Tensor]) -> list[bool]:
         flags = [v for v in values if isinstance(v, torch.Tensor)]
@@ -104,7 +101,7 @@ class StatsRecorder:
 
     def materialize(self) -> CallStats:
         """The call's statistics as plain Python values (one device-to-host copy)."""
-        stats = CallStats(num_steps=self.num_steps, block_stack_calls=sum(self._computed(self._stack_calls)))
+        stats = CallStats(num_steps=self.num_steps, block_stack_calls=sum(self._computed(self.stack_calls)))
         if not self._steps:
             return stats
         ts = torch.cat([s[0][:1] for s in self._steps]).double().cpu().tolist()
