@@ -72,3 +72,12 @@ else
   echo "e2e rc=$? after $(elapsed) s (124: cut off by the budget; the rounds measured are in e2e.json)"
   python3 benchmarks/e2e.py --render "$out/e2e.json" 2>/dev/null | grep "^|"
 fi
+
+# Issue 18, part 3 (opt-in, QUALITY_PLANNER=1, beyond the budget above; not timed yet): quality at matched NFE of
+# fixed-eps SenCache (threshold searched), SenCache with a target NFE (fixed schedule) and with planned eps(t) on the
+# reference model, 16 held-out pairs per budget (per-pair values and timelines in quality.json).
+if [ "${QUALITY_PLANNER:-0}" = 1 ]; then
+  timeout 900 python3 benchmarks/quality.py --device cuda --methods sencache sencache_target sencache_planned \
+    --out "$out/quality_planner" > "$out/quality_planner.log" 2>&1
+  echo "quality (planner) rc=$? after $(elapsed) s"; grep "^|" "$out/quality_planner/quality.md"
+fi

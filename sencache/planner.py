@@ -17,19 +17,23 @@ Schedules:
 - ``"fixed"``: one ``eps`` after a start phase (``eps_start = EPS_START_RATIO * eps`` for the first
   ``start_fraction`` of the steps), ``eps`` found by bisection on the predicted NFE.
 - ``"planned"``: eps(t), one tolerance per step. Dynamic programming picks the ``round(N)`` steps to compute that
-  minimise the predicted error of the mean calibration trajectory: skipping step ``m`` with reference ``r`` costs
-  ``w_m (Jx(t_r) ||x_m - x_r|| + Jt(t_r) |t_m - t_r|)``, the first-order change of the output weighted by
-  ``w_m = dt_m``, the timestep gap over which the sampler applies it (for a flow-matching Euler step, the error it
-  leaves in the next latent), times ``1 / EPS_START_RATIO`` in the first ``start_fraction`` of the steps: the value
-  the fixed schedule puts on an early error (its tolerance there is that much tighter). That prior is empirical, not
-  derived: the first-order cost alone skips early steps, whose errors the sampler's later steps amplify (on the
-  reference model, 2 held-out pairs at 20 of 50 steps: 23 and 27 dB PSNR against 31 and 36 dB for the fixed schedule).
+  minimise the predicted error of the mean calibration trajectory. Skipping step ``m`` with reference ``r`` costs
+  ``w_m (Jx(t_r) ||x_m - x_r|| + Jt(t_r) |t_m - t_r|)``, the first-order change of the output times a weight: the
+  output error moves the next latent by ``ds_m`` times it (``ds_m = gap_m / t_0``, the step's timestep gap on the
+  scale where the first timestep is 1, the last step running to t = 0), and each later step ``k`` can grow that error
+  at most ``1 + ds_k Jx(t_k)`` times (``x_{k+1} = x_k + ds_k f``, to first order); in the first ``start_fraction`` of
+  the steps it weighs ``1 / EPS_START_RATIO`` times more, the value the fixed schedule puts on an early error (its
+  tolerance there is that much tighter). That prior is empirical: without it the plan skips early steps, whose errors
+  the later steps amplify more than the first-order bound says (on the reference model, 2 held-out pairs at 20 of 50
+  steps with the step-gap weight alone: 23 and 27 dB PSNR against 31 and 36 dB for the fixed schedule).
   A skipped step's tolerance is the score the plan skips it at; a computed step keeps the tolerance of the step
   before it when that one was skipped (the score only grows along a run of skips, so the plan's trajectory computes
-  there), else 0. One factor on the whole table is then found by bisection on the predicted NFE over all samples: a
-  sample that drifts more than the others scores higher and computes more. The programme plans the mean trajectory;
-  where the samples drift very unlike it the fixed schedule's table can predict less error over them, so it is a
-  candidate too, and the plan keeps whichever predicts the least error at the target.
+  there), else 0. The table is then multiplied by the geometric middle of the factors that keep the mean trajectory
+  on the plan (from 1 up to where a step the plan computes by its score would be skipped; at most ``_MARGIN**2``), a
+  margin both ways: a sample that drifts more than the others scores higher and computes more. The programme plans
+  the mean trajectory; where the samples drift very unlike it the fixed schedule's table can predict less error over
+  them, so it is a candidate too, and the plan keeps whichever predicts the least error within half a step of the
+  target.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from sencache.config import EPS_START_RATIO
 from sencache.profile import SensitivityProfile
 
 SCHEDULES = ("fixed", "planned")
+_MARGIN = 2.0  # the planned table's margin is at most this factor each way (a sample drifting 2x the mean skips alike)
 _SEARCH_ITERS = 30  # bisections over log factors [1e-9, 2] x the largest score: last steps of 2e-8 (relative)
 
 
@@ -119,7 +124,11 @@ class Trajectories:
         steps = torch.arange(n)
         drift = profile.drift_samples
         reach = torch.cat([torch.zeros(drift.shape[0], 1, dtype=torch.float64), drift[:, :-1].cumsum(1)], dim=1)
-        weight = profile.dt * torch.where(steps < start_fraction * n, 1 / EPS_START_RATIO, 1.0)
+        gap = torch.cat([profile.dt[:-1], profile.timesteps[-1:].abs()])  # (the profile's dt repeats the gap before)
+        ds = gap / profile.timesteps.abs().max()
+        growth = (1 + ds * profile.jx).flip(0).cumprod(0).flip(0)  # growth[m]: over steps m .. n - 1
+        later = torch.cat([growth[1:], torch.ones(1, dtype=growth.dtype)])
+        weight = ds * later * torch.where(steps < start_fraction * n, 1 / EPS_START_RATIO, 1.0)
         return cls(profile.timesteps, profile.jx, profile.jt, weight, reach,
                    math.sqrt(profile.metadata["latent_numel"]), (steps < max(1, first)) | (steps >= n - last),
                    max_skips)
@@ -194,17 +203,21 @@ def choose_steps(traj: Trajectories, count: int) -> torch.Tensor | None:
 
 
 def _table(traj: Trajectories, mask: torch.Tensor) -> torch.Tensor:
-    """Per step, the tolerance that makes the mean trajectory follow ``mask`` (see the module docstring)."""
+    """Per step, the tolerance that makes the mean trajectory follow ``mask``, with a margin both ways (see the module
+    docstring)."""
     score = traj.scores(traj.reach.mean(0)) / traj.root_n
     eps = torch.zeros(mask.numel(), dtype=torch.float64)
-    r = 0
+    r, run, room = 0, 0, _MARGIN**2
     for m in range(1, mask.numel()):
         if mask[m]:
             eps[m] = eps[m - 1] if not mask[m - 1] else 0.0
-            r = m
+            if eps[m] > 0 and run < traj.max_skips and not traj.forced[m]:  # computed by its score
+                room = min(room, float(score[r, m] / eps[m]))  # the factor from which the plan would skip it
+            r, run = m, 0
         else:
             eps[m] = score[r, m]
-    return eps
+            run += 1
+    return eps * math.sqrt(room)
 
 
 def target_of(steps: int, target_nfe: float | None, speedup: float | None) -> float:
@@ -249,17 +262,20 @@ def plan(profile: SensitivityProfile, target_nfe: float | None = None, *, speedu
             f"steps (max_consecutive_skips={max_consecutive_skips}, forced steps {int(traj.forced.sum())}); raise "
             "the target or max_consecutive_skips"
         )
-    shapes = [torch.where(torch.arange(n) < start_fraction * n, EPS_START_RATIO, 1.0).to(torch.float64)]
+    shape = torch.where(torch.arange(n) < start_fraction * n, EPS_START_RATIO, 1.0).to(torch.float64)
+    scale, run = _fit(traj, shape, target)
+    candidates = [(shape * scale, run)]
     if schedule == "planned":
         mask = choose_steps(traj, min(n, max(round(target), round(fewest))))
         if mask is None:  # cannot happen: computing more than the fewest steps always fits the cap and forcing
             raise RuntimeError("sencache.planner: no choice of steps fits the target; please report this profile")
-        shapes.insert(0, _table(traj, mask))
-    fits = [(shape, *_fit(traj, shape, target)) for shape in shapes]
-    shape, scale, (computed, error) = min(fits, key=lambda f: (abs(_mean_nfe(f[2][0]) - target), float(f[2][1].mean())))
-    return Plan(schedule, target, tuple((shape * scale).tolist()), _mean_nfe(computed),
-                tuple(computed.sum(1).double().tolist()), tuple(computed.double().mean(0).tolist()),
-                float(error.mean()))
+        table = _table(traj, mask)
+        candidates.insert(0, (table, simulate(traj, table)))
+    # the least predicted error among the candidates within half a step of the target (else the closest)
+    eps, (computed, error) = min(candidates, key=lambda c: (max(0.0, abs(_mean_nfe(c[1][0]) - target) - 0.5),
+                                                            float(c[1][1].mean())))
+    return Plan(schedule, target, tuple(eps.tolist()), _mean_nfe(computed), tuple(computed.sum(1).double().tolist()),
+                tuple(computed.double().mean(0).tolist()), float(error.mean()))
 
 
 def _mean_nfe(computed: torch.Tensor) -> float:

@@ -176,7 +176,8 @@ def run_quality(settings: QualitySettings, out_dir: str | Path, progress: bool =
                 return sum(run(p).nfe for p in tunes) / (len(tunes) * steps)
 
         for budget in settings.budgets:
-            thr = _search(nfe_of, *METHODS[method].search_range, budget, settings.search_iters, tried)
+            thr = budget if METHODS[method].targeted else _search(nfe_of, *METHODS[method].search_range, budget,
+                                                                  settings.search_iters, tried)
             with applied(pipe, method, thr, cal, steps):
                 gens = [run(p) for p in evals]
             results.append(_summarise(method, budget, thr, gens, refs, steps))

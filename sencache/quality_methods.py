@@ -45,6 +45,8 @@ class Method:
         record_key: the key of its calibration in ``quality.json`` (``None`` for no calibration).
         to_record: the calibration as JSON values.
         in_default_run: whether a run without ``--methods`` includes it (comparison rows do not).
+        shares: the method whose calibration it uses instead of one of its own (``None``: its own, or none).
+        targeted: its threshold is the NFE budget itself (a fraction of the steps), not searched on the tuning pairs.
     """
 
     name: str
@@ -56,6 +58,8 @@ class Method:
     record_key: str | None = None
     to_record: Callable[[Any], Any] = lambda calibration: calibration
     in_default_run: bool = True
+    shares: str | None = None
+    targeted: bool = False
 
 
 # ------------------------------------------------------------------------------------------------------ SenCache
@@ -78,6 +82,20 @@ def _sencache_apply(pipe: Any, threshold: float, profile: Any, steps: int) -> No
     cfg = sencache.SenCacheConfig(profile=profile, eps=threshold, eps_start=threshold * EPS_START_RATIO,
                                   max_consecutive_skips=_K)
     sencache.apply_sencache(pipe, cfg)
+
+
+def _target_apply(schedule: str) -> Callable[[Any, float, Any, int], None]:
+    """SenCache with its tolerances planned for ``budget * steps`` NFE (``sencache.planner``), on the sencache
+    profile."""
+
+    def apply(pipe: Any, budget: float, profile: Any, steps: int) -> None:
+        import sencache
+
+        cfg = sencache.SenCacheConfig(profile=profile, target_nfe=budget * steps, schedule=schedule,
+                                      max_consecutive_skips=_K)
+        sencache.apply_sencache(pipe, cfg)
+
+    return apply
 
 
 def _sencache_remove(pipe: Any) -> None:
@@ -187,6 +205,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sencache_central", "SenCache (central-difference profile)", (1e-3, 20.0), _sencache_apply,
            _sencache_remove, _sencache_central_calibrate, "profile_central", _profile_record,
            in_default_run=False),
+    Method("sencache_target", "SenCache (target NFE, fixed schedule)", (0.01, 1.0), _target_apply("fixed"),
+           _sencache_remove, in_default_run=False, shares="sencache", targeted=True),
+    Method("sencache_planned", "SenCache (target NFE, planned eps(t))", (0.01, 1.0), _target_apply("planned"),
+           _sencache_remove, in_default_run=False, shares="sencache", targeted=True),
     Method("magcache", "MagCache (diffusers)", (1e-4, 20.0), _magcache_apply, _disable_cache, magcache_ratios,
            "mag_ratios"),
     Method("teacache", "TeaCache (ours, published alg.)", (1e-4, 20.0), _teacache_apply, _teacache_remove,
@@ -197,9 +219,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 def calibrate_methods(pipe: Any, pairs: Sequence[Pair], steps: int, methods: Sequence[str],
                       progress: bool = True) -> dict[str, Any]:
-    """The calibration of each method in ``methods`` that needs one, by name, in table order."""
+    """The calibration of each method in ``methods`` that needs one, and of those they share, by name, in table
+    order."""
+    wanted = set(methods) | {m.shares for m in METHODS.values() if m.name in methods and m.shares is not None}
     return {m.name: m.calibrate(pipe, pairs, steps, progress) for m in METHODS.values()
-            if m.name in methods and m.calibrate is not None}
+            if m.name in wanted and m.calibrate is not None}
 
 
 @contextlib.contextmanager
@@ -208,7 +232,7 @@ def applied(pipe: Any, name: str, threshold: float, calibrations: dict[str, Any]
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     method = METHODS[name]
-    method.apply(pipe, threshold, calibrations.get(name), steps)
+    method.apply(pipe, threshold, calibrations.get(method.shares or name), steps)
     try:
         yield
     finally:

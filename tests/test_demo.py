@@ -21,11 +21,11 @@ def test_demo_runs_and_writes_gif(tmp_path, capsys):
 
 
 def test_demo_plans_for_a_target(tmp_path, capsys):
-    res = run_demo("ltx", steps=8, target_nfe=4, schedule="planned", calibration_samples=1, out_dir=str(tmp_path),
+    res = run_demo("ltx", steps=6, target_nfe=3, schedule="planned", calibration_samples=1, out_dir=str(tmp_path),
                    repeats=1)
     out = capsys.readouterr().out
-    assert "planned tolerances for 4 NFE: predicted NFE 4.00" in out and "PSNR vs uncached" in out
-    assert abs(res["nfe"] - 4) <= 1
+    assert "planned tolerances for 3 NFE: predicted NFE 3.00" in out and "PSNR vs uncached" in out
+    assert abs(res["nfe"] - 3) <= 1
 
 
 @pytest.mark.parametrize("model", ["flux", "wan22"])  # an image family (one frame), two experts
@@ -116,8 +116,8 @@ def test_demo_rejects_an_unwritable_out_before_any_work(monkeypatch, tmp_path):
         (["--eps", "-1"], "argument --eps: must be a finite number >= 0"),
         (["--repeats", "0"], "argument --repeats: must be >= 1"),
         (["--prompt", ""], "the prompt is empty"),
-        (["--target-nfe", "20", "--eps-start", "0.01"], "give it without eps"),
-        (["--schedule", "planned"], "give target_nfe with it"),
+        (["--target-nfe", "20", "--eps-start", "0.01"], "target_nfe plans the tolerances: give it without eps"),
+        (["--schedule", "planned"], "the planned schedule plans the tolerances for a target: give target_nfe"),
     ],
 )
 def test_demo_cli_exits_2_with_one_line(monkeypatch, capsys, argv, says):

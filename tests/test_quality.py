@@ -119,8 +119,9 @@ def test_magcache_ratios_are_the_block_stack_residual_norm_ratios(pipe):
 
 
 def test_method_table(pipe):
-    assert list(METHODS) == ["sencache", "sencache_central", "magcache", "teacache", "fbc"]
-    assert [m.record_key for m in METHODS.values()] == ["profile", "profile_central", "mag_ratios",
+    assert list(METHODS) == ["sencache", "sencache_central", "sencache_target", "sencache_planned", "magcache",
+                             "teacache", "fbc"]
+    assert [m.record_key for m in METHODS.values()] == ["profile", "profile_central", None, None, "mag_ratios",
                                                          "tea_coefficients", None]
     assert QualitySettings().methods == ("sencache", "magcache", "teacache", "fbc")  # the comparison row: opt-in
     pairs = [Pair("red circle grow", 3), Pair("blue square rotate", 4)]
@@ -130,13 +131,27 @@ def test_method_table(pipe):
     record = METHODS["sencache_central"].to_record(central)
     assert record["estimator"] == "central" and record["jx_std"] == central.jx_samples.double().std(0).tolist()
     assert all(0 < m.search_range[0] < m.search_range[1] for m in METHODS.values())
-    with pytest.raises(ValueError, match="unknown method .nope.; choose from sencache, sencache_central, magcache"):
+    with pytest.raises(ValueError, match="unknown method .nope.; choose from sencache, sencache_central, sencache_tar"):
         with applied(pipe, "nope", 0.1, {}, 4):
             pass
     ref = generate(pipe, Pair("red circle grow", 1), steps=4)
     with applied(pipe, "fbc", 1e9, {}, 4):  # FirstBlockCache at a threshold that skips all it can
         assert generate(pipe, Pair("red circle grow", 1), steps=4).nfe == 1
     assert torch.equal(generate(pipe, Pair("red circle grow", 1), steps=4).video, ref.video)  # removed on exit
+
+
+def test_target_methods_share_the_sencache_profile(pipe):
+    """The planner's rows (issue 18): their threshold is the budget (no search), on the sencache row's profile."""
+    from sencache.quality_methods import calibrate_methods
+
+    cal = calibrate_methods(pipe, [Pair("red circle grow", 3)], 4, ["sencache_target", "sencache_planned"],
+                            progress=False)
+    assert list(cal) == ["sencache"]  # one profile, shared
+    for name in ("sencache_target", "sencache_planned"):
+        assert METHODS[name].targeted and METHODS[name].shares == "sencache"
+        with applied(pipe, name, 0.5, cal, 4):
+            g = generate(pipe, Pair("green circle grow", 5), steps=4)
+        assert g.nfe == 2, (name, g.timeline)
 
 
 @pytest.mark.slow
