@@ -140,6 +140,7 @@ def test_method_table(pipe):
     assert torch.equal(generate(pipe, Pair("red circle grow", 1), steps=4).video, ref.video)  # removed on exit
 
 
+@pytest.mark.slow
 def test_target_methods_share_the_sencache_profile(pipe):
     """The planner's rows (issue 18): their threshold is the budget (no search), on the sencache row's profile."""
     from sencache.quality_methods import calibrate_methods
