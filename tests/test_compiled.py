@@ -81,12 +81,15 @@ def test_compiled_eps_zero_is_uncached(pipes):
 
 
 def test_compiled_with_inductor_takes_the_eager_decisions(pipes):
-    """The default backend (inductor) generates its own kernels: same decisions, outputs to float32 rounding."""
-    pipe = pipes["wan"]
+    """The default backend (inductor) generates its own kernels: same decisions, outputs to float32 rounding. On
+    LTX-Video (batched CFG: one deciding context, half of Wan's compiled variants; each inductor compile costs tens of
+    seconds on the CI's CPU); the split contexts are the aot_eager tests' above."""
+    pipe = pipes["ltx"]
     cfg = sencache.SenCacheConfig(profile=flat_profile(pipe), eps=10.0, eps_start=10.0)
-    want, want_stats = eager_reference(pipe, "wan", cfg)
+    want, want_stats = eager_reference(pipe, "ltx", cfg)
+    assert 0 < want_stats.skipped < want_stats.num_steps  # both branches of the cond run
     sencache.apply_sencache(pipe, cfg, mode="compiled")
-    got = run(pipe, "wan")
+    got = run(pipe, "ltx")
     assert sencache.get_stats(pipe).computed == want_stats.computed
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
