@@ -76,7 +76,7 @@ class _CalibrationHook(ModelHook):
         return self.calibration.cond(plumbing.output_tensor(self.fn_ref.original_forward(*args, **kwargs)))
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        ctx = plumbing.current_context(self.state_manager)
+        ctx = self.state_manager.current()
         out = self.fn_ref.original_forward(*args, **kwargs)
         self.calibration.on_call(self, ctx[0] if ctx is not None else "default", args, kwargs, out)
         return out

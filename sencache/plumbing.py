@@ -65,7 +65,7 @@ class _ThreadContext(StateManager):
         self._local.context = context
 
     def current(self) -> tuple[str, int | None, int | None] | None:
-        """``current_context(self)``, without its generality (the transformer hook asks at every call)."""
+        """(name, step_index, num_inference_steps) of the context ``cache_context`` set in this thread, or None."""
         ctx = getattr(self._local, "context", None)
         if ctx is None:
             return None
@@ -83,16 +83,6 @@ def context_manager() -> _ThreadContext:
     """A ``StateManager`` for a stateful hook: diffusers' ``cache_context`` sets the current context on it (one per
     thread)."""
     return _ThreadContext()
-
-
-def current_context(manager: StateManager) -> tuple[str, int | None, int | None] | None:
-    """(name, step_index, num_inference_steps) of the context set by ``cache_context``, or None."""
-    ctx = getattr(manager, "_context", None)
-    if ctx is None:
-        ctx = getattr(manager, "_current_context", None)
-    if ctx is None:
-        return None
-    return getattr(ctx, "name", ctx), getattr(ctx, "step_index", None), getattr(ctx, "num_inference_steps", None)
 
 
 def set_context(manager: StateManager, name: str | None) -> None:
