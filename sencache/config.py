@@ -35,6 +35,10 @@ class SenCacheConfig:
         speedup: alternatively, ``steps / NFE`` (``speedup=2`` is ``target_nfe = steps / 2``).
         schedule: with a target, ``"fixed"`` (one ``eps`` after an ``eps_start`` phase, as without a target) or
             ``"planned"`` (a tolerance per step, chosen to minimise the predicted error within the target).
+        forecast: what a skipped step adds to the stack's input: ``"reuse"``, the residual of the last computed step
+            (the paper's rule), or ``"linear"``, that residual extrapolated to first order in the step index from the
+            last two computed steps (eager mode only; twice the residual memory). SenCache decides when to skip
+            either way.
 
     A config is frozen once built: ``apply_sencache`` checks it against the model and its hooks keep reading it, so a
     later change could bypass the checks or apply only in part. To change a value, build a new config with
@@ -53,6 +57,7 @@ class SenCacheConfig:
     target_nfe: float | None = None
     speedup: float | None = None
     schedule: str = "fixed"
+    forecast: str = "reuse"
 
     def __post_init__(self) -> None:
         if not isinstance(self.profile, SensitivityProfile):
@@ -95,6 +100,8 @@ class SenCacheConfig:
             raise ValueError(
                 f"SenCacheConfig.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
             )
+        if self.forecast not in FORECASTS:
+            raise ValueError(f"SenCacheConfig.forecast must be one of {FORECASTS}, got {self.forecast!r}")
         self.plan = None  # the planned tolerances (sencache.planner.Plan) when a target is given
         if targeted:
             from sencache import planner
@@ -136,6 +143,7 @@ class SenCacheConfig:
         return self.eps_start if step < self.start_fraction * num_steps else self.eps
 
 
+FORECASTS = ("reuse", "linear")
 DEFAULT_EPS, DEFAULT_EPS_START = 0.07, 0.005
 # SenCacheConfig's default eps_start / eps, kept along a sweep of eps (the quality benchmark's search, the demo).
 EPS_START_RATIO = DEFAULT_EPS_START / DEFAULT_EPS

@@ -24,7 +24,7 @@ from sencache.clock import StepClock
 from sencache.config import SenCacheConfig
 from sencache.modes import MODES, Context, Executor, Unavailable, build_chain
 from sencache.profile import scheduler_range
-from sencache.stack import BlockStack
+from sencache.stack import BlockStack, LinearResidual, Residual
 from sencache.stats import CallStats, group_calls, merge
 
 _HOOK = "sencache"
@@ -139,7 +139,8 @@ class SenCacheHook(ModelHook):
                 self.stack.adopt_compiled()
             ctx = lane.contexts.get(name)
             if ctx is None:
-                ctx = lane.contexts[name] = Context()
+                ctx = lane.contexts[name] = Context(LinearResidual() if self.config.forecast == "linear"
+                                                    else Residual())
             while True:
                 try:
                     return self.chain[0](ctx, step, args, kwargs)
@@ -194,6 +195,9 @@ def apply_sencache(target: Any, config: SenCacheConfig, mode: str = "eager",
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if compile_options is not None and mode not in ("compiled", "auto"):
         raise ValueError("compile_options only apply to mode='compiled' (or 'auto')")
+    if config.forecast != "reuse" and mode == "compiled":
+        raise ValueError(f"SenCacheConfig(forecast={config.forecast!r}) runs in eager mode only: use mode='eager' "
+                         "(or 'auto', which then runs eager), or forecast='reuse' in compiled mode")
     transformers = plumbing.transformers(target)
     scheduler = plumbing.split(target)[1]
     adapters = [get_adapter(tr) for tr in transformers]

@@ -70,6 +70,40 @@ class Residual:
         self.tensors, self.call = None, -1
 
 
+class LinearResidual(Residual):
+    """A residual forecast to first order in the step index (``SenCacheConfig(forecast="linear")``): on a skipped
+    step ``s``, ``r1 + (r1 - r0) * (s - s1) / (s1 - s0)`` from the residuals of the last two computed steps ``s0 <
+    s1`` of the call; with one computed step so far, that one as it is. Holds two residuals per context."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.previous: Carried | None = None
+        self.steps = (-1, -1)  # (s0, s1)
+
+    def push(self, tensors: Carried, call: int, step: int) -> None:
+        """The residual of computed step ``step`` of pipeline call ``call``."""
+        s1 = self.steps[1]
+        if self.call == call and step == s1:  # the step computed again: its residual replaced
+            self.tensors = tensors
+            return
+        self.previous = self.tensors if self.call == call else None
+        self.steps = (s1, step)
+        self.set(tensors, call)
+
+    def at(self, step: int) -> Carried:
+        """The forecast residual at step ``step`` (of the call the residual is valid for)."""
+        r1, r0 = self.tensors, self.previous
+        if r0 is None:
+            return r1
+        s0, s1 = self.steps
+        w = (step - s1) / (s1 - s0)
+        return tuple([None if a is None else a + w * (a - b) for a, b in zip(r1, r0, strict=True)])
+
+    def clear(self) -> None:
+        super().clear()
+        self.previous, self.steps = None, (-1, -1)
+
+
 Layout = tuple[int, int | None]  # where a block returns (hidden, encoder) in its output; encoder None: hidden alone
 
 

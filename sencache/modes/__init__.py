@@ -46,7 +46,8 @@ class Context:
 
     def residuals(self) -> list[torch.Tensor]:
         """The tensors this context's residual cache holds now (graph mode: each captured call's body has its own)."""
-        sets = [self.residual.tensors, *(cap.body.residual.tensors for cap in self.captures.values())]
+        sets = [self.residual.tensors, getattr(self.residual, "previous", None),  # (LinearResidual: two)
+                *(cap.body.residual.tensors for cap in self.captures.values())]
         return [r for tensors in sets if tensors is not None for r in tensors if r is not None]
 
 
@@ -101,6 +102,9 @@ def build_chain(hook: SenCacheHook, mode: str, x: torch.Tensor, compile_options:
     from sencache.modes.graph import GraphExecutor
 
     if mode == "eager":
+        return [EagerExecutor(hook)]
+    if hook.config.forecast != "reuse":  # graph or auto (apply_sencache refuses compiled)
+        hook.fall_back(f"forecast={hook.config.forecast!r} runs in eager mode only", "eager")
         return [EagerExecutor(hook)]
     if mode == "compiled":
         return [CompiledExecutor(hook, compile_options, fallible=False)]

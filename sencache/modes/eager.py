@@ -14,6 +14,10 @@ from sencache_kernels import COMPUTE, NONFINITE
 class EagerExecutor(Executor):
     name = "eager"
 
+    def __init__(self, hook: Any) -> None:
+        super().__init__(hook)
+        self.reuse = hook.config.forecast == "reuse"  # a skipped step reuses the residual (else: LinearResidual)
+
     def __call__(self, ctx: Context, step: Any, args: tuple, kwargs: dict) -> Any:
         hook = self.hook
         clock = hook.lane.clock
@@ -41,9 +45,12 @@ class EagerExecutor(Executor):
         compute = clock.compute or not residual.valid(clock.call, carried)
         clock.count_stack_call(compute)
         if not compute:
-            return stack.skip(carried, residual.tensors)
+            return stack.skip(carried, residual.tensors if self.reuse else residual.at(clock.step))
         out = stack.run(carried, args, kwargs)
-        residual.set(stack.residual(out, carried), clock.call)
+        if self.reuse:
+            residual.set(stack.residual(out, carried), clock.call)
+        else:  # forecast="linear": a LinearResidual
+            residual.push(stack.residual(out, carried), clock.call, clock.step)
         return out
 
     def end_call(self, contexts: dict[str, Context]) -> None:
