@@ -188,7 +188,7 @@ class StepClock:
         else:
             tb = row[0]
         self.step = step = self.step + 1 if index is None else int(index)
-        self.last = (x, _version(x), t, _version(t))
+        self.last = (x, None if x.is_inference() else x._version, t, _version(t))  # _version(x), inlined
         cfg, num_steps = self.config, self.num_steps
         jx, jt = cfg.profile.lookup(tb, cfg.interpolation) if row is None else row[1:]
         eps = cfg.tolerance(step, num_steps)

@@ -307,6 +307,10 @@ class _BlockHook(ModelHook):
         head = stack.head
         if head is None:
             return self.fn_ref.original_forward(*args, **kwargs)
+        if stack.bare:  # the hidden states alone, in and out: stack.carried and the codec, inlined (every block)
+            n0, p0 = stack._n0, stack._p0
+            h = kwargs[n0] if n0 in kwargs else args[p0] if p0 < len(args) else None
+            return head.replace_stack((h,), args, kwargs)[0] if self.is_head else h
         carried = stack.carried(args, kwargs)
         if self.is_head:
             carried = head.replace_stack(carried, args, kwargs)

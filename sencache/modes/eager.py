@@ -43,12 +43,14 @@ class EagerExecutor(Executor):
         hook = self.hook
         clock, stack, residual = hook.lane.clock, hook.stack, self._residual
         compute = clock.compute or not residual.valid(clock.call, carried)
-        clock.count_stack_call(compute)
+        recorder = clock.recorder  # clock.count_stack_call(compute), inlined: every call of every step
+        if recorder is not None:
+            recorder.stack_calls.append(compute)
         if not compute:
             return stack.skip(carried, residual.tensors if self.reuse else residual.at(clock.step))
         out = stack.run(carried, args, kwargs)
-        if self.reuse:
-            residual.set(stack.residual(out, carried), clock.call)
+        if self.reuse:  # residual.set(...), inlined
+            residual.tensors, residual.call = stack.residual(out, carried), clock.call
         else:  # forecast="linear": a LinearResidual
             residual.push(stack.residual(out, carried), clock.call, clock.step)
         return out
