@@ -11,7 +11,8 @@ from pathlib import Path
 from sencache.quality_methods import METHODS
 from sencache.records import fill_readme, table_markers
 
-__all__ = ["README_MARKERS", "estimator_table", "markdown_table", "paired_table", "plot_all", "render"]
+__all__ = ["README_MARKERS", "estimator_table", "markdown_table", "paired_table", "plot_all", "render",
+           "target_table"]
 
 README_MARKERS = table_markers("quality")
 
@@ -41,10 +42,12 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), se
 
 
-def paired_table(record: dict, reference: str = "sencache") -> str | None:
-    """Each other method's quality minus ``reference``'s on the same held-out pairs, per budget: the mean paired
-    difference ± its standard error, and on how many pairs the method did better (None without two such methods)."""
-    rows = {(r["method"], r["budget"]): r for r in record["results"]}
+def paired_table(record: dict, reference: str = "sencache", methods: tuple[str, ...] | None = None) -> str | None:
+    """Each other method's (of ``methods``, default all) quality minus ``reference``'s on the same held-out pairs,
+    per budget: the mean paired difference ± its standard error, and on how many pairs the method did better (None
+    without two such methods)."""
+    rows = {(r["method"], r["budget"]): r for r in record["results"] if methods is None or r["method"] in methods
+            or r["method"] == reference}
     order = list(METHODS)
     lines = [f"Paired differences against {METHODS[reference].label} on the same held-out pairs (method minus "
              f"{METHODS[reference].label}; mean ± standard error; better: pairs on which the method did better).", "",
@@ -80,6 +83,63 @@ def estimator_table(record: dict) -> str | None:
         lines.append(f"| {name.capitalize()} | {statistics.median(z):.3f} | {q90:.3f} | {z[-1]:.3f} | "
                      f"{sum(v > 1 for v in z)} of {len(z)} |")
     return "\n".join(lines) + "\n"
+
+
+def _targeted(record: dict) -> list[dict]:
+    """The results of the targeted rows (threshold = budget), with each video's realized NFE (its timeline's sum)."""
+    return [r for r in record["results"] if METHODS[r["method"]].targeted]
+
+
+def target_table(record: dict) -> str | None:
+    """Realized against target NFE of the targeted rows (the planner's prediction, no search): mean error and the
+    per-video spread (None without such rows)."""
+    rows = _targeted(record)
+    if not rows:
+        return None
+    steps = record["settings"]["steps"]
+    order = list(METHODS)
+    lines = ["Realized against target NFE of the rows whose tolerances the planner set for the target (no search on "
+             "tuning pairs): mean error over the held-out videos, and the per-video spread.", "",
+             "| method | target NFE | realized NFE (mean ± std) | mean error | per-video min .. max |",
+             "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (order.index(r["method"]), -r["budget"])):
+        target = r["budget"] * steps
+        nfe = [sum(t) for t in r["timelines"]]
+        lines.append(f"| {METHODS[r['method']].label} | {target:g} | {statistics.fmean(nfe):.2f} ± "
+                     f"{statistics.stdev(nfe) if len(nfe) > 1 else 0.0:.2f} | {statistics.fmean(nfe) - target:+.2f} | "
+                     f"{min(nfe):g} .. {max(nfe):g} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_targets(record: dict, out: Path) -> None:
+    """realized_vs_target.png: each video's realized NFE against the target, per targeted row."""
+    from sencache.plotting import pyplot
+
+    plt = pyplot()
+    steps = record["settings"]["steps"]
+    rows = _targeted(record)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    targets = sorted({r["budget"] * steps for r in rows})
+    ax.plot([targets[0] - 2, targets[-1] + 2], [targets[0] - 2, targets[-1] + 2], color="grey", lw=1,
+            label="realized = target")
+    for k, method in enumerate(methods):
+        shift = (k - (len(methods) - 1) / 2) * 0.6  # side by side at each target
+        for r in (r for r in rows if r["method"] == method):
+            nfe = [sum(t) for t in r["timelines"]]
+            target = r["budget"] * steps
+            ax.scatter([target + shift] * len(nfe), nfe, s=12, alpha=0.5, color=f"C{k}",
+                       label=METHODS[method].label if r["budget"] == max(x["budget"] for x in rows
+                                                                          if x["method"] == method) else None)
+            ax.errorbar(target + shift, statistics.fmean(nfe), yerr=statistics.stdev(nfe) if len(nfe) > 1 else 0,
+                        color=f"C{k}", marker="_", markersize=14, capsize=4)
+    ax.set(xlabel=f"target NFE (of {steps})", ylabel="realized NFE per held-out video",
+           title="Speed target: realized against target NFE")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "realized_vs_target.png", dpi=110)
+    plt.close(fig)
 
 
 def plot_estimators(record: dict, out: Path) -> None:
@@ -170,11 +230,15 @@ def render(out_dir: str | Path, readme: str | Path | None = None) -> str:
     out = Path(out_dir)
     record = json.loads((out / "quality.json").read_text())
     table = markdown_table(record)
-    extra = [part for part in (paired_table(record), estimator_table(record)) if part is not None]
+    planned = paired_table(record, "sencache_target", methods=("sencache_planned",))  # schedule against schedule
+    extra = [part for part in (paired_table(record), planned, target_table(record), estimator_table(record))
+             if part is not None]
     (out / "quality.md").write_text("\n".join([table, *extra]))
     plot_all(record, out)
     if estimator_table(record) is not None:
         plot_estimators(record, out)
+    if _targeted(record):
+        plot_targets(record, out)
     if readme is not None:
         fill_readme(readme, README_MARKERS, table)
     return table

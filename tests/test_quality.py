@@ -12,7 +12,7 @@ import torch
 from sencache.metrics import psnr, rel_l2, ssim
 from sencache.quality import Pair, QualitySettings, generate, main, make_pairs
 from sencache.quality_methods import METHODS, applied, magcache_ratios
-from sencache.quality_report import estimator_table, paired_table
+from sencache.quality_report import estimator_table, paired_table, target_table
 from sencache.reference.model import load_reference_pipeline
 
 
@@ -120,9 +120,9 @@ def test_magcache_ratios_are_the_block_stack_residual_norm_ratios(pipe):
 
 def test_method_table(pipe):
     assert list(METHODS) == ["sencache", "sencache_central", "sencache_target", "sencache_planned", "magcache",
-                             "teacache", "fbc"]
+                             "teacache", "fbc", "dbcache", "dbcache_ts", "dbcache_mask", "taylorseer"]
     assert [m.record_key for m in METHODS.values()] == ["profile", "profile_central", None, None, "mag_ratios",
-                                                         "tea_coefficients", None]
+                                                         "tea_coefficients", None, None, None, None, None]
     assert QualitySettings().methods == ("sencache", "magcache", "teacache", "fbc")  # the comparison row: opt-in
     pairs = [Pair("red circle grow", 3), Pair("blue square rotate", 4)]
     chained, central = (METHODS[name].calibrate(pipe, pairs, 4, False) for name in ("sencache", "sencache_central"))
@@ -235,3 +235,20 @@ def test_paired_and_estimator_tables():
     assert est[-2] == "| Jx | 0.000 | 0.000 | 0.000 | 0 of 3 |"
     assert est[-1] == "| Jt | 0.500 | 2.000 | 2.000 | 1 of 3 |"  # |Δ|/std = 0.5, 2.0, 0
     assert estimator_table(dict(record, profile_central=None)) is None
+
+
+def test_target_table_and_paired_table_of_chosen_methods():
+    def row(method, budget, timelines, psnr):
+        return {"method": method, "budget": budget, "nfe": {"mean": 0.0}, "timelines": timelines,
+                "per_pair": {"psnr": psnr, "ssim": [0.9, 0.9], "rel_l2": [0.1, 0.1]}}
+    record = {"settings": {"steps": 4}, "results": [
+        row("sencache", 0.5, [[1, 0, 1, 0], [1, 1, 1, 0]], [30.0, 30.0]),
+        row("sencache_target", 0.5, [[1, 0, 1, 0], [1, 0.5, 1, 0]], [31.0, 29.0]),  # realized 2 and 2.5
+        row("sencache_planned", 0.5, [[1, 1, 1, 0], [1, 1, 1, 1]], [32.0, 30.0])]}  # realized 3 and 4
+    lines = target_table(record).splitlines()
+    assert lines[-2] == "| SenCache (target NFE, fixed schedule) | 2 | 2.25 ± 0.35 | +0.25 | 2 .. 2.5 |"
+    assert lines[-1] == "| SenCache (target NFE, planned eps(t)) | 2 | 3.50 ± 0.71 | +1.50 | 3 .. 4 |"
+    assert target_table({"settings": {"steps": 4}, "results": [record["results"][0]]}) is None
+    only = paired_table(record, "sencache_target", methods=("sencache_planned",)).splitlines()
+    assert len(only) == 5 and only[-1].startswith("| 50% | SenCache (target NFE, planned eps(t)) | 0.0 / 0.0 | "
+                                                   "+1.00 ± 0.00 |")  # differences +1, +1
