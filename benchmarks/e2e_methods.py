@@ -21,7 +21,6 @@ tolerance with ``max_consecutive_skips=3``: compute, skip x3, compute, ... (thei
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from diffusers import FirstBlockCacheConfig, MagCacheConfig
 from e2e_models import Call, Model, graphed_call, plain_call
 
 import sencache
+from sencache.quality_peers import dbcache_config, import_cache_dit
 
 SKIP_PATTERN_K = 3
 Setup = Callable[[Model, torch.nn.Module, int], Call]  # (model, its twin, steps) -> the call the loop makes
@@ -85,13 +85,8 @@ def _mag(model: Model, tr: torch.nn.Module, steps: int) -> Call:
 def _db_cache(model: Model, tr: torch.nn.Module, steps: int) -> Call:
     """cache-dit's DBCache with a zero threshold (it never skips), its first block computed (F1B0): the hooks'
     overhead, as the other rows at settings that never skip."""
-    os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "warning")  # its info log prints the configuration at every step
-    import cache_dit
-
-    cfg = cache_dit.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.0,
-                                  max_warmup_steps=0, num_inference_steps=steps,
-                                  enable_separate_cfg=len(model.contexts) == 2)
-    cache_dit.enable_cache(tr, cache_config=cfg)
+    cache_dit = import_cache_dit()
+    cache_dit.enable_cache(tr, cache_config=dbcache_config(0.0, steps, separate_cfg=len(model.contexts) == 2))
     return plain_call(tr)
 
 

@@ -3,7 +3,8 @@ search range, calibration, how to apply and remove it, and how its calibration i
 
 SenCache is calibrated with :func:`sencache.calibrate`, diffusers' MagCache with its own calibrate mode (ratios
 averaged over the calibration pairs and CFG contexts), the TeaCache baseline by fitting its polynomial
-(:mod:`sencache.teacache`); diffusers' FirstBlockCache needs no calibration.
+(:mod:`sencache.teacache`); diffusers' FirstBlockCache needs no calibration, nor do the opt-in peers of
+:mod:`sencache.quality_peers` (cache-dit's DBCache rows, diffusers' TaylorSeer).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sencache import quality_peers as peers
 from sencache.config import EPS_START_RATIO
 
 __all__ = ["METHODS", "Method", "Pair", "applied", "calibrate_methods", "magcache_ratios"]
@@ -214,6 +216,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("teacache", "TeaCache (ours, published alg.)", (1e-4, 20.0), _teacache_apply, _teacache_remove,
            _teacache_calibrate, "tea_coefficients"),
     Method("fbc", "FirstBlockCache (diffusers)", (1e-4, 5.0), _fbc_apply, _disable_cache),
+    # peers from other libraries (sencache.quality_peers): their settings in its docstrings
+    Method("dbcache", "DBCache F1B0 (cache-dit)", peers.DBCACHE_RANGE, peers.dbcache_apply(_K), peers.dbcache_remove,
+           in_default_run=False),
+    Method("dbcache_ts", "DBCache F1B0 + TaylorSeer O1 (cache-dit)", peers.DBCACHE_RANGE,
+           peers.dbcache_apply(_K, taylorseer_order=1), peers.dbcache_remove, in_default_run=False),
+    Method("dbcache_mask", "DBCache static step mask (cache-dit)", (0.01, 1.0), peers.dbcache_mask_apply,
+           peers.dbcache_remove, in_default_run=False, targeted=True),
+    Method("taylorseer", "TaylorSeer lite O1 (diffusers)", (0.01, 1.0), peers.taylorseer_apply(_K), _disable_cache,
+           in_default_run=False, targeted=True),
 )}
 
 

@@ -162,6 +162,7 @@ def test_quality_harness_smoke(tmp_path):
     main(argv)  # the CLI: `sencache quality` / `python benchmarks/quality.py`
     record = json.loads((tmp_path / "quality.json").read_text())
     assert record["settings"]["steps"] == 6 and record["command"] == "python benchmarks/quality.py " + " ".join(argv)
+    assert len(record["uncached"]["digest"]) == 16 and int(record["uncached"]["digest"], 16) >= 0  # merge's check
     for name in ("quality.json", "quality.md", "quality_vs_nfe.png", "sensitivity_profile.png", "output_change.png",
                  "timelines.png"):
         assert (tmp_path / name).is_file(), name
@@ -252,3 +253,29 @@ def test_target_table_and_paired_table_of_chosen_methods():
     only = paired_table(record, "sencache_target", methods=("sencache_planned",)).splitlines()
     assert len(only) == 5 and only[-1].startswith("| 50% | SenCache (target NFE, planned eps(t)) | 0.0 / 0.0 | "
                                                    "+1.00 ± 0.00 |")  # differences +1, +1
+
+
+def test_merge_records_of_runs_against_the_same_references(tmp_path):
+    from sencache.quality import merge_records
+
+    def record(methods, digest="abc", pairs=({"condition": "c", "seed": 1},)):
+        return {"settings": {"steps": 4, "methods": list(methods), "budgets": [0.5]}, "eval_pairs": list(pairs),
+                "uncached": {"wall_s_mean": 1.0, "digest": digest}, "command": "run " + methods[0],
+                "results": [{"method": m, "budget": 0.5} for m in methods],
+                "threshold_search": {m: [[0.1, 0.5]] for m in methods},
+                "profile": {"jx": [1.0]} if "sencache" in methods else None, "mag_ratios": None}
+    merged = merge_records([record(["sencache"]), record(["magcache", "fbc"])])
+    assert merged["settings"]["methods"] == ["sencache", "magcache", "fbc"]
+    assert [r["method"] for r in merged["results"]] == ["sencache", "magcache", "fbc"]
+    assert set(merged["threshold_search"]) == {"sencache", "magcache", "fbc"}
+    assert merged["profile"] == {"jx": [1.0]} and merged["command"] == "run sencache && run magcache"
+    with pytest.raises(ValueError, match="different uncached digest"):
+        merge_records([record(["sencache"]), record(["fbc"], digest="abd")])
+    with pytest.raises(ValueError, match="different held-out pairs"):
+        merge_records([record(["sencache"]), record(["fbc"], pairs=({"condition": "c", "seed": 2},))])
+    with pytest.raises(ValueError, match=r"\['sencache'\] are in more than one"):
+        merge_records([record(["sencache"]), record(["sencache"])])
+    old = record(["fbc"])
+    del old["uncached"]["digest"]  # a record from before the digest: not mergeable
+    with pytest.raises(ValueError, match="different uncached digest"):
+        merge_records([record(["sencache"]), old])
