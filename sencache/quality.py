@@ -11,6 +11,7 @@ counted the same way. Writes ``quality.json``, ``quality.md`` and plots into the
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
@@ -190,7 +191,8 @@ def run_quality(settings: QualitySettings, out_dir: str | Path, progress: bool =
         "torch_threads": torch.get_num_threads(),
         **run_stamp(),  # versions, date
         "command": command,
-        "uncached": {"wall_s_mean": sum(r.wall_s for r in refs) / len(refs), "nfe": steps},
+        "uncached": {"wall_s_mean": sum(r.wall_s for r in refs) / len(refs), "nfe": steps,
+                     "digest": _digest(refs)},
         "eval_pairs": [asdict(p) for p in evals],
         "results": results,
         "threshold_search": {m: sorted(([t, n] for t, n in s.items()), key=lambda x: x[0]) for m, s in
@@ -204,6 +206,38 @@ def run_quality(settings: QualitySettings, out_dir: str | Path, progress: bool =
     (out / "quality.md").write_text(markdown_table(record))
     plot_all(record, out)
     return record
+
+
+def _digest(refs: list[Generation]) -> str:
+    """A hash of the uncached videos' bytes: runs with equal digests compared against the same references."""
+    h = hashlib.sha256()
+    for r in refs:
+        h.update(r.video.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def merge_records(parts: list[dict]) -> dict:
+    """One record from runs of different methods against the same uncached videos (equal digests, pairs, steps):
+    their results side by side, as if one run had run them all (ValueError when they are not comparable)."""
+    first = parts[0]
+    for p in parts[1:]:
+        for what, a, b in (("uncached digest", first["uncached"].get("digest"), p["uncached"].get("digest")),
+                           ("held-out pairs", first["eval_pairs"], p["eval_pairs"]),
+                           ("steps", first["settings"]["steps"], p["settings"]["steps"])):
+            if a is None or a != b:
+                raise ValueError(f"cannot merge quality runs with different {what} ({a!r} and {b!r}): their paired "
+                                 "differences would compare different references")
+    merged = dict(first, settings=dict(first["settings"]), results=[], threshold_search={},
+                  command=" && ".join(p.get("command") or "?" for p in parts))
+    merged["settings"]["methods"] = [m for p in parts for m in p["settings"]["methods"]]
+    merged["settings"]["budgets"] = sorted({b for p in parts for b in p["settings"]["budgets"]}, reverse=True)
+    for p in parts:
+        if dup := {r["method"] for r in p["results"]} & {r["method"] for r in merged["results"]}:
+            raise ValueError(f"methods {sorted(dup)} are in more than one of the runs to merge")
+        merged["results"] += p["results"]
+        merged["threshold_search"].update(p["threshold_search"])
+        merged.update({k: v for k, v in p.items() if k not in merged or merged[k] is None})
+    return merged
 
 
 def _summarise(method: str, budget: float, threshold: float, gens: list[Generation], refs: list[Generation],
@@ -243,10 +277,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--render-only", action="store_true",
                         help="do not run: redraw the table and plots from OUT/quality.json")
     parser.add_argument("--readme", default=None, help="also write the table into this README's quality block")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                        help="do not run: merge the records of these runs (other methods, same uncached videos) into "
+                        "OUT/quality.json and render it")
     args = parser.parse_args(argv)
     if (missing := missing_matplotlib("sencache quality")) is not None:
         parser.error(missing)
-    if args.render_only:
+    if args.merge:
+        merged = merge_records([json.loads((Path(d) / "quality.json").read_text()) for d in args.merge])
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "quality.json").write_text(json.dumps(merged, indent=1) + "\n")
+    if args.render_only or args.merge:
         print(render(args.out, args.readme))
         return
     if min(args.eval_pairs, args.tune_pairs, args.calib_pairs) < 1 or args.steps < 4:
