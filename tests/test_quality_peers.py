@@ -104,6 +104,7 @@ def test_dbcache_at_threshold_zero_computes_every_step_bit_for_bit(pipe, referen
     assert g.nfe == 3 and torch.equal(g.video, reference.video)
 
 
+@pytest.mark.slow
 def test_dbcache_skips_at_a_loose_threshold_and_taylorseer_forecasts(pipe):
     """At the top of the search range every step the cap allows is cached: compute, 3 cached, compute, cached. The
     last cached step comes after two computed ones, so the TaylorSeer calibrator forecasts instead of reusing."""
@@ -116,9 +117,15 @@ def test_dbcache_skips_at_a_loose_threshold_and_taylorseer_forecasts(pipe):
 
 @pytest.mark.parametrize("name", ["dbcache_mask", "taylorseer"])
 def test_targeted_rows_realize_their_schedule(pipe, reference, name):
-    """Half of 3 steps: 2 computed (the mask rounds 1.5 to 2; TaylorSeer cannot compute fewer than 2 of 3)."""
+    """Half of 3 steps: 2 computed (the mask rounds 1.5 to 2; TaylorSeer cannot compute fewer than 2 of 3), the steps
+    of the row's own schedule."""
+    if name == "dbcache_mask":
+        promised = peers.import_cache_dit().steps_mask(*peers.mask_bins(2, 3), total_steps=3)
+    else:
+        computed = peers.taylorseer_computed(*peers.taylorseer_schedule(1.5, 3, 3), 3)
+        promised = [int(s in computed) for s in range(3)]
     g = _generate_with(pipe, name, 0.5, 3)
-    assert g.timeline == [1, 0, 1] and not torch.equal(g.video, reference.video)
+    assert g.timeline == promised == [1, 0, 1] and g.nfe == 2 and not torch.equal(g.video, reference.video)
 
 
 def test_removal_restores_the_uncached_output(pipe, reference):
