@@ -78,12 +78,16 @@ def _sencache_central_calibrate(pipe: Any, pairs: Sequence[Pair], steps: int, pr
     return _sencache_calibrate(pipe, pairs, steps, progress, estimator="central")
 
 
-def _sencache_apply(pipe: Any, threshold: float, profile: Any, steps: int) -> None:
+def _sencache_apply(pipe: Any, threshold: float, profile: Any, steps: int, forecast: str = "reuse") -> None:
     import sencache
 
     cfg = sencache.SenCacheConfig(profile=profile, eps=threshold, eps_start=threshold * EPS_START_RATIO,
-                                  max_consecutive_skips=_K)
+                                  max_consecutive_skips=_K, forecast=forecast)
     sencache.apply_sencache(pipe, cfg)
+
+
+def _forecast_apply(pipe: Any, threshold: float, profile: Any, steps: int) -> None:
+    _sencache_apply(pipe, threshold, profile, steps, forecast="linear")
 
 
 def _target_apply(schedule: str) -> Callable[[Any, float, Any, int], None]:
@@ -207,6 +211,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sencache_central", "SenCache (central-difference profile)", (1e-3, 20.0), _sencache_apply,
            _sencache_remove, _sencache_central_calibrate, "profile_central", _profile_record,
            in_default_run=False),
+    Method("sencache_forecast", "SenCache (first-order residual forecast)", (1e-3, 20.0), _forecast_apply,
+           _sencache_remove, in_default_run=False, shares="sencache"),
     Method("sencache_target", "SenCache (target NFE, fixed schedule)", (0.01, 1.0), _target_apply("fixed"),
            _sencache_remove, in_default_run=False, shares="sencache", targeted=True),
     Method("sencache_planned", "SenCache (target NFE, planned eps(t))", (0.01, 1.0), _target_apply("planned"),

@@ -119,9 +119,10 @@ def test_magcache_ratios_are_the_block_stack_residual_norm_ratios(pipe):
 
 
 def test_method_table(pipe):
-    assert list(METHODS) == ["sencache", "sencache_central", "sencache_target", "sencache_planned", "magcache",
-                             "teacache", "fbc", "dbcache", "dbcache_ts", "dbcache_mask", "taylorseer"]
-    assert [m.record_key for m in METHODS.values()] == ["profile", "profile_central", None, None, "mag_ratios",
+    assert list(METHODS) == ["sencache", "sencache_central", "sencache_forecast", "sencache_target",
+                             "sencache_planned", "magcache", "teacache", "fbc", "dbcache", "dbcache_ts", "dbcache_mask",
+                             "taylorseer"]
+    assert [m.record_key for m in METHODS.values()] == ["profile", "profile_central", None, None, None, "mag_ratios",
                                                          "tea_coefficients", None, None, None, None, None]
     assert QualitySettings().methods == ("sencache", "magcache", "teacache", "fbc")  # the comparison row: opt-in
     pairs = [Pair("red circle grow", 3), Pair("blue square rotate", 4)]
@@ -131,7 +132,7 @@ def test_method_table(pipe):
     record = METHODS["sencache_central"].to_record(central)
     assert record["estimator"] == "central" and record["jx_std"] == central.jx_samples.double().std(0).tolist()
     assert all(0 < m.search_range[0] < m.search_range[1] for m in METHODS.values())
-    with pytest.raises(ValueError, match="unknown method .nope.; choose from sencache, sencache_central, sencache_tar"):
+    with pytest.raises(ValueError, match="unknown method .nope.; choose from sencache, sencache_central, sencache_for"):
         with applied(pipe, "nope", 0.1, {}, 4):
             pass
     ref = generate(pipe, Pair("red circle grow", 1), steps=4)
@@ -153,6 +154,17 @@ def test_target_methods_share_the_sencache_profile(pipe):
         with applied(pipe, name, 0.5, cal, 4):
             g = generate(pipe, Pair("green circle grow", 5), steps=4)
         assert g.nfe == 2, (name, g.timeline)
+    # the forecast row: SenCache's decision on the same profile, a first-order forecast on its skipped steps
+    assert METHODS["sencache_forecast"].shares == "sencache" and not METHODS["sencache_forecast"].targeted
+    gens = {}
+    for name in ("sencache", "sencache_forecast"):
+        with applied(pipe, name, 20.0, cal, 4):
+            assert pipe.transformer._diffusers_hook.get_hook("sencache").config.forecast == (
+                "linear" if name == "sencache_forecast" else "reuse")
+            gens[name] = generate(pipe, Pair("green circle grow", 5), steps=8)
+    # at most K=3 skips in a row: steps 5 and 6 skip after two computed steps (0 and 4), so they are extrapolated
+    assert gens["sencache_forecast"].timeline[:7] == gens["sencache"].timeline[:7] == [1, 0, 0, 0, 1, 0, 0]
+    assert not torch.equal(gens["sencache_forecast"].video, gens["sencache"].video)
 
 
 @pytest.mark.slow
