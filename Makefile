@@ -31,8 +31,12 @@ install: $(VENV)/.ext
 demo: install
 	$(PY) -m sencache.demo
 
+# The suite in TEST_JOBS worker processes (pytest-xdist), a test module per worker at a time (module fixtures, the
+# two-rank context-parallel tests); TEST_JOBS=0 runs it in this process.
+TEST_JOBS ?= 2
+
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile --durations=15 tests
 
 bench: install
 	$(PY) -m pytest -q benchmarks --benchmark-only

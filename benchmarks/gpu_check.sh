@@ -73,11 +73,14 @@ else
   python3 benchmarks/e2e.py --render "$out/e2e.json" 2>/dev/null | grep "^|"
 fi
 
-# Issue 18, part 3 (opt-in, QUALITY_PLANNER=1, beyond the budget above; not timed yet): quality at matched NFE of
-# fixed-eps SenCache (threshold searched), SenCache with a target NFE (fixed schedule) and with planned eps(t) on the
-# reference model, 16 held-out pairs per budget (per-pair values and timelines in quality.json).
-if [ "${QUALITY_PLANNER:-0}" = 1 ]; then
-  timeout 900 python3 benchmarks/quality.py --device cuda --methods sencache sencache_target sencache_planned \
-    --out "$out/quality_planner" > "$out/quality_planner.log" 2>&1
-  echo "quality (planner) rc=$? after $(elapsed) s"; grep "^|" "$out/quality_planner/quality.md"
+# Issue 18 (opt-in, QUALITY_ALL=1, beyond the budget above; not timed yet): the quality table of every method on the
+# reference model, 16 held-out pairs per budget (per-pair values and timelines in quality.json): SenCache (fixed eps,
+# searched), its first-order forecast, its target-NFE rows (fixed schedule, planned eps(t)), MagCache, TeaCache,
+# FirstBlockCache, cache-dit's DBCache (alone, with TaylorSeer, static step mask) and diffusers' TaylorSeer. The CPU
+# ran the same table in two processes (benchmarks/results/quality_cpu_all/).
+if [ "${QUALITY_ALL:-0}" = 1 ]; then
+  timeout 1200 python3 benchmarks/quality.py --device cuda --methods sencache sencache_forecast sencache_target \
+    sencache_planned magcache teacache fbc dbcache dbcache_ts dbcache_mask taylorseer \
+    --out "$out/quality_all" > "$out/quality_all.log" 2>&1
+  echo "quality (all methods) rc=$? after $(elapsed) s"; grep "^|" "$out/quality_all/quality.md"
 fi
