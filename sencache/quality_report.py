@@ -98,8 +98,9 @@ def target_table(record: dict) -> str | None:
         return None
     steps = record["settings"]["steps"]
     order = list(METHODS)
-    lines = ["Realized against target NFE of the rows whose tolerances the planner set for the target (no search on "
-             "tuning pairs): mean error over the held-out videos, and the per-video spread.", "",
+    lines = ["Realized against target NFE of the targeted rows (the threshold is the budget, no search on tuning "
+             "pairs: SenCache's planner, the static schedules): mean error over the held-out videos, and the "
+             "per-video spread.", "",
              "| method | target NFE | realized NFE (mean ± std) | mean error | per-video min .. max |",
              "|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (order.index(r["method"]), -r["budget"])):
