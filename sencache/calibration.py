@@ -9,8 +9,8 @@ conditional branch, per sample, with L2 norms over the whole output::
 then the mean over samples. The estimators (``calibration_estimators``): ``"chained"`` (default) reuses the
 sampler's next evaluation for Jt, one extra conditional evaluation per step (1.5x the transformer rows of a CFG
 generation); ``"central"`` takes both at ``x_k``, two extra per step. Along the way the profile records, per step,
-the latent drift ``||x_{k+1} - x_k||`` (mean and spread over samples), the timestep gap and the number of guidance
-contexts. Noise is drawn with a CPU generator, so the same seeds give the same profile on every device.
+the latent drift ``||x_{k+1} - x_k||`` (mean and spread over samples), the change of the conditional output over the
+next steps, the timestep gap and the number of guidance contexts. Noise is drawn with a CPU generator, so the same seeds give the same profile on every device.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class _Calibration:
         self.jx: list[torch.Tensor] = []
         self.jt: list[torch.Tensor] = []
         self.drift: list[torch.Tensor] = []
+        self.change: list[torch.Tensor] = []
         self.timesteps: list[float] = []
         self.contexts = 0
         self.begin_run()
@@ -150,6 +151,7 @@ class _Calibration:
         self.jx.append(torch.stack(run.jx, dim=1).cpu())  # [samples of this run, steps]
         self.jt.append(torch.stack(run.jt, dim=1).cpu())
         self.drift.append(torch.stack(run.drift, dim=1).cpu())
+        self.change.append(torch.stack(run.change, dim=1).cpu())  # [samples, steps, window]
 
 
 def calibrate(
@@ -181,7 +183,9 @@ def calibrate(
             guidance_scale, ...). With neither ``prompts`` nor ``conditions`` they must hold the condition.
 
     Returns:
-        The ``SensitivityProfile`` with per-sample values in ``jx_samples`` / ``jt_samples`` / ``drift_samples``,
+        The ``SensitivityProfile`` with per-sample values in ``jx_samples`` / ``jt_samples`` / ``drift_samples``, the
+        output change ``change_samples[s, k, j - 1] = ||f(x_{k+j}, t_{k+j}) - f(x_k, t_k)||`` (conditional branch,
+        ``j <= calibration_estimators.CHANGE_WINDOW``, 0 past the last step),
         the drift's mean and spread (``drift``, ``drift_std``), the timestep gaps (``dt``) and, in the metadata,
         ``guidance_contexts``, ``estimator`` and ``latent_numel`` (elements per sample of the transformer's latent,
         which ``sencache.planner`` needs). The noise comes from a CPU generator per seed, so the same seeds
@@ -264,7 +268,7 @@ def calibrate(
     return SensitivityProfile(timesteps=torch.tensor(hook.timesteps), jx=jx_samples.mean(0), jt=jt_samples.mean(0),
                               metadata=metadata, jx_samples=jx_samples, jt_samples=jt_samples,
                               drift=drift.mean(0), drift_std=drift.std(0, correction=0), dt=torch.tensor(dt),
-                              drift_samples=drift)
+                              drift_samples=drift, change_samples=torch.cat(hook.change))
 
 
 def _version() -> str:

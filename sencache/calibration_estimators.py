@@ -17,6 +17,10 @@ and differ in where ``Jt`` is taken:
 
 The extra evaluations always use the transformer that ran step ``k``, with its call's other arguments; under batched
 CFG only the conditional half of the batch is evaluated.
+
+Both also record, at no extra evaluation, the change of the conditional output from each step to the next
+``CHANGE_WINDOW`` steps, ``||f(x_{k+j}, t_{k+j}) - f(x_k, t_k)||`` for ``j = 1 .. CHANGE_WINDOW`` (0 past the last
+step): what reusing step ``k``'s output at step ``k + j`` misses, which the planner (``sencache.planner``) weighs.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import torch
 
 ESTIMATORS = ("chained", "central")
+CHANGE_WINDOW = 8  # steps after each step whose output change is recorded (up to 7 consecutive skips)
 
 
 def per_sample_norm(a: torch.Tensor) -> torch.Tensor:
@@ -55,7 +60,9 @@ class Estimator:
         self.jx: list[torch.Tensor | None] = [None] * n
         self.jt: list[torch.Tensor | None] = [None] * n
         self.drift: list[torch.Tensor | None] = [None] * n
+        self.change = [torch.zeros(0)] * n  # per step: [samples, CHANGE_WINDOW]
         self.points: list[Point | None] = []  # only the last two are kept (latents and outputs can be large)
+        self.outputs: list[torch.Tensor] = []  # the last CHANGE_WINDOW conditional outputs
         self.hooks: list[Any] = []  # the transformer (its hook) that ran each step
 
     def _jx(self, k: int, x_next: torch.Tensor) -> torch.Tensor:
@@ -75,6 +82,11 @@ class Estimator:
         return per_sample_norm(g - p.f) / abs(ts[other] - ts[k])
 
     def _add(self, k: int, p: Point) -> None:
+        if k == 0:
+            self.change = [p.f.new_zeros(p.f.shape[0], CHANGE_WINDOW, dtype=torch.float64) for _ in self.change]
+        for j, f in enumerate(reversed(self.outputs), start=1):  # f: step k - j's output
+            self.change[k - j][:, j - 1] = per_sample_norm(p.f - f)
+        self.outputs = [*self.outputs[1 - CHANGE_WINDOW:], p.f]
         self.points.append(p)
         self.hooks.append(p.hook)
         if k >= 2:

@@ -18,14 +18,20 @@ Schedules:
   ``start_fraction`` of the steps), ``eps`` found by bisection on the predicted NFE.
 - ``"planned"``: eps(t), one tolerance per step. Dynamic programming picks the ``round(N)`` steps to compute that
   minimise the predicted error of the mean calibration trajectory. Skipping step ``m`` with reference ``r`` costs
-  ``w_m (Jx(t_r) ||x_m - x_r|| + Jt(t_r) |t_m - t_r|)``, the first-order change of the output times a weight: the
-  output error moves the next latent by ``ds_m`` times it (``ds_m = gap_m / t_0``, the step's timestep gap on the
-  scale where the first timestep is 1, the last step running to t = 0), and each later step ``k`` can grow that error
-  at most ``1 + ds_k Jx(t_k)`` times (``x_{k+1} = x_k + ds_k f``, to first order); in the first ``start_fraction`` of
-  the steps it weighs ``1 / EPS_START_RATIO`` times more, the value the fixed schedule puts on an early error (its
-  tolerance there is that much tighter). That prior is empirical: without it the plan skips early steps, whose errors
-  the later steps amplify more than the first-order bound says (on the reference model, 2 held-out pairs at 20 of 50
-  steps with the step-gap weight alone: 23 and 27 dB PSNR against 31 and 36 dB for the fixed schedule).
+  ``w_m c(r, m)``, the change of the output that reusing step ``r``'s misses times a weight. ``c(r, m)`` is the change
+  the profile measured along the calibration runs, ``||f(x_m, t_m) - f(x_r, t_r)||`` (``change_samples``), and for
+  profiles without that table (or with a window shorter than ``K + 1`` steps) its first-order bound, the decision's
+  score ``Jx(t_r) ||x_m - x_r|| + Jt(t_r) |t_m - t_r|``. The weight: the output error moves the next latent by
+  ``ds_m`` times it (``ds_m = gap_m / t_0``, the step's timestep gap on the scale where the first timestep is 1, the
+  last step running to t = 0), and each later step ``k`` can grow that error at most ``1 + ds_k Jx(t_k)`` times
+  (``x_{k+1} = x_k + ds_k f``, to first order); in the first ``start_fraction`` of the steps it weighs more, a prior:
+  the later steps amplify early errors more than the first-order bound says. With the measured change that factor is
+  ``EARLY_WEIGHT`` (4), with the bound ``1 / EPS_START_RATIO`` (14, the value the fixed schedule puts on an early
+  error: its tolerance there is that much tighter; the bound already overrates the middle steps' change about 4x
+  against the early and late ones). Both factors are empirical: on the reference model the bound without the prior
+  lost 8 and 9 dB PSNR to the fixed schedule on 2 held-out pairs at 20 of 50 steps, and the factor 4 for the measured
+  change was chosen on 6 development pairs (neither held-out nor calibration) among 1, 2, 4, 6, 8 and 14, by how the
+  predicted error ranked the quality of 18 schedules run on them (`benchmarks/results/planner_dev_cpu.md`).
   A skipped step's tolerance is the score the plan skips it at; a computed step keeps the tolerance of the step
   before it when that one was skipped (the score only grows along a run of skips, so the plan's trajectory computes
   there), else 0. The table is then multiplied by the geometric middle of the factors that keep the mean trajectory
@@ -48,6 +54,7 @@ from sencache.profile import SensitivityProfile
 
 SCHEDULES = ("fixed", "planned")
 _MARGIN = 2.0  # the planned table's margin is at most this factor each way (a sample drifting 2x the mean skips alike)
+EARLY_WEIGHT = 4.0  # the early steps' error weight with the measured output change (see the module docstring)
 _SEARCH_ITERS = 30  # bisections over log factors [1e-9, 2] x the largest score: last steps of 2e-8 (relative)
 
 
@@ -91,7 +98,8 @@ class Plan:
 @dataclass
 class Trajectories:
     """What the simulator reads, float64 on the CPU: per step ``t``, ``jx``, ``jt``, the error weight ``weight`` and the
-    forced steps; per sample ``reach[s, m]``, the summed drift from step 0 to step ``m``."""
+    forced steps; per sample ``reach[s, m]``, the summed drift from step 0 to step ``m``, and ``change[s, r, m]``, the
+    measured output change from step ``r`` to ``m`` (None: the profile has none for ``max_skips + 1`` steps)."""
 
     t: torch.Tensor
     jx: torch.Tensor
@@ -101,6 +109,7 @@ class Trajectories:
     root_n: float
     forced: torch.Tensor
     max_skips: int
+    change: torch.Tensor | None = None
 
     @classmethod
     def from_profile(cls, profile: SensitivityProfile, max_skips: int, force_first: int | None = None,
@@ -128,10 +137,16 @@ class Trajectories:
         ds = gap / profile.timesteps.abs().max()
         growth = (1 + ds * profile.jx).flip(0).cumprod(0).flip(0)  # growth[m]: over steps m .. n - 1
         later = torch.cat([growth[1:], torch.ones(1, dtype=growth.dtype)])
-        weight = ds * later * torch.where(steps < start_fraction * n, 1 / EPS_START_RATIO, 1.0)
+        change = None
+        if profile.change_samples is not None and profile.change_samples.shape[2] >= max_skips + 1:
+            change = torch.zeros(drift.shape[0], n, n, dtype=torch.float64)
+            for j in range(1, min(profile.change_samples.shape[2], n - 1) + 1):
+                change[:, steps[:-j], steps[j:]] = profile.change_samples[:, :-j, j - 1]
+        early = EARLY_WEIGHT if change is not None else 1 / EPS_START_RATIO
+        weight = ds * later * torch.where(steps < start_fraction * n, early, 1.0)
         return cls(profile.timesteps, profile.jx, profile.jt, weight, reach,
                    math.sqrt(profile.metadata["latent_numel"]), (steps < max(1, first)) | (steps >= n - last),
-                   max_skips)
+                   max_skips, change)
 
     def scores(self, reach: torch.Tensor) -> torch.Tensor:
         """``[..., r, m]``: the score at step ``m`` with reference ``r``, for trajectories ``reach [..., n]``."""
@@ -147,7 +162,7 @@ def missing_tables(profile: SensitivityProfile) -> list[str]:
 
 def simulate(traj: Trajectories, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The decision rule on every sample with the tolerances ``eps [n]``: ``(computed [S, n] bool, error [S])``, the
-    error summing ``weight_m * score`` over the skipped steps."""
+    error summing ``weight_m`` times the output change (measured, else the score) over the skipped steps."""
     s, n = traj.reach.shape
     rows = torch.arange(s)
     ref = torch.zeros(s, dtype=torch.long)
@@ -159,7 +174,8 @@ def simulate(traj: Trajectories, eps: torch.Tensor) -> tuple[torch.Tensor, torch
         score = traj.jx[ref] * dx + traj.jt[ref] * (traj.t[m] - traj.t[ref]).abs()
         skip = (score <= eps[m] * traj.root_n) & (skips < traj.max_skips) & ~traj.forced[m]
         computed[:, m] = ~skip
-        error += torch.where(skip, traj.weight[m] * score, 0.0)
+        change = score if traj.change is None else traj.change[rows, ref, m]
+        error += torch.where(skip, traj.weight[m] * change, 0.0)
         skips = torch.where(skip, skips + 1, 0)
         ref = torch.where(skip, ref, m)
     return computed, error
@@ -169,7 +185,8 @@ def choose_steps(traj: Trajectories, count: int) -> torch.Tensor | None:
     """The ``count`` steps to compute (a bool mask) that minimise the predicted error of the mean trajectory under the
     cap on consecutive skips and the forced steps, by dynamic programming; None when no such choice exists."""
     n, k = traj.t.numel(), traj.max_skips
-    cost = traj.weight[None, :] * traj.scores(traj.reach.mean(0))  # [r, m]: skipping m with reference r
+    mean = traj.scores(traj.reach.mean(0)) if traj.change is None else traj.change.mean(0)
+    cost = traj.weight[None, :] * mean  # [r, m]: skipping m with reference r
     run = cost.cumsum(1)  # run[r, m]: skipping every step from r + 1 to m (the entries up to r are read as 0)
 
     def seg(r: int, j: int) -> float:  # skip the steps strictly between r and j

@@ -42,6 +42,7 @@ _FIELDS = {
 # latent drift ||x_{k+1} - x_k|| over the calibration samples (mean, spread, per sample) and the timestep gap.
 _STEP_TABLES = ("drift", "drift_std", "dt")
 _SAMPLE_TABLES = ("jx_samples", "jt_samples", "drift_samples")
+_WINDOW_TABLES = ("change_samples",)  # [num_samples, steps, window]
 
 
 def check_metadata(metadata: Any, require_class: bool = False) -> dict:
@@ -114,6 +115,9 @@ class SensitivityProfile:
         drift_std: optional per-step standard deviation of that drift over the samples (0 with one sample).
         dt: optional per-step timestep gap ``|t_{k+1} - t_k|`` (the last step: the gap before it).
         drift_samples: optional per-sample drift, like ``jx_samples``.
+        change_samples: optional ``[num_samples, len(timesteps), window]``: per sample and step ``k``, the change of
+            the conditional output to step ``k + j``, ``||f(x_{k+j}, t_{k+j}) - f(x_k, t_k)||`` at ``[..., j - 1]``
+            (0 past the last step).
     """
 
     timesteps: torch.Tensor
@@ -126,6 +130,7 @@ class SensitivityProfile:
     drift_std: torch.Tensor | None = None
     dt: torch.Tensor | None = None
     drift_samples: torch.Tensor | None = None
+    change_samples: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.timesteps, self.jx, self.jt = (_table(k, getattr(self, k)) for k in ("timesteps", "jx", "jt"))
@@ -146,13 +151,13 @@ class SensitivityProfile:
         sorted_t = self.timesteps[order]
         if n > 1 and not bool((sorted_t[1:] > sorted_t[:-1]).all()):
             raise ValueError("SensitivityProfile: timesteps must be distinct")
-        for name in _SAMPLE_TABLES + _STEP_TABLES:
+        for name in _SAMPLE_TABLES + _STEP_TABLES + _WINDOW_TABLES:
             v = getattr(self, name)
             if v is not None:
                 v = _table(name, v)
-                want = (v.dim() == 2 and v.shape[1] == n) if name in _SAMPLE_TABLES else v.shape == (n,)
-                if not want:
-                    shape = f"[num_samples, {n}]" if name in _SAMPLE_TABLES else f"({n},)"
+                dims = 2 if name in _SAMPLE_TABLES else 3 if name in _WINDOW_TABLES else 1
+                if not (v.dim() == dims and v.shape[dims > 1] == n and 0 not in v.shape[2:]):  # a window of >= 1 step
+                    shape = {1: f"({n},)", 2: f"[num_samples, {n}]", 3: f"[num_samples, {n}, window]"}[dims]
                     raise ValueError(f"SensitivityProfile: {name} must be {shape}, got {tuple(v.shape)}")
                 if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
                     raise ValueError(f"SensitivityProfile: {name} must be finite and >= 0; recalibrate the profile")
@@ -287,7 +292,7 @@ class SensitivityProfile:
         from safetensors.torch import save_file
 
         tensors = {"timesteps": self.timesteps, "jx": self.jx, "jt": self.jt}
-        for name in _SAMPLE_TABLES + _STEP_TABLES:
+        for name in _SAMPLE_TABLES + _STEP_TABLES + _WINDOW_TABLES:
             if getattr(self, name) is not None:
                 tensors[name] = getattr(self, name)
         header = {"format": str(PROFILE_FORMAT), "metadata": json.dumps(self.metadata, sort_keys=True)}
@@ -322,7 +327,7 @@ class SensitivityProfile:
             return cls(
                 timesteps=tensors["timesteps"], jx=tensors["jx"], jt=tensors["jt"],
                 metadata=check_metadata(metadata, require_class=True),
-                **{name: tensors.get(name) for name in _SAMPLE_TABLES + _STEP_TABLES},
+                **{name: tensors.get(name) for name in _SAMPLE_TABLES + _STEP_TABLES + _WINDOW_TABLES},
             )
         except ValueError as exc:
             msg = str(exc).removeprefix("SensitivityProfile: ").removesuffix("; recalibrate the profile")

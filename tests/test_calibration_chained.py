@@ -1,8 +1,9 @@
 """The default ``"chained"`` estimator against a float64 recomputation of its own finite differences (Jt at
 ``x_{k+1}``, Wan 2.2's expert switch, the last step's backward difference), its cost in transformer rows against a CFG
-generation, the drift / gap / contexts it records, and the CPU generator."""
+generation, the drift / gap / contexts / output change it records, and the CPU generator."""
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import sencache
 from sencache import offline_pipelines as tiny
 from sencache import plumbing
 from sencache.adapters import get_adapter
+from sencache.calibration_estimators import CHANGE_WINDOW
 from tests.helpers import calibration_kwargs, trajectory
 
 STEPS = 6
@@ -49,8 +51,14 @@ def test_chained_profile_matches_float64_finite_differences(arch):
     def norm(a):
         return float(a.norm())
 
+    window = CHANGE_WINDOW
+    assert profile.change_samples.shape == (2, STEPS, window)
     for row, seed in enumerate((3, 4)):
         calls, final, per_step = trajectory(pipe, arch, seed, STEPS)
+        outputs = [f(call) for call in calls]  # f(x_k, t_k), the sampler's own evaluations
+        for k, j in itertools.product(range(STEPS), range(1, window + 1)):
+            change = norm(outputs[k + j] - outputs[k]) if k + j < STEPS else 0.0  # 0 past the last step
+            assert float(profile.change_samples[row, k, j - 1]) == pytest.approx(change, rel=1e-4, abs=1e-12), (k, j)
         experts = [id(m) for m, _ in calls]
         if arch == "wan22":
             assert len(set(experts)) == 2  # both experts took steps: the switch is exercised

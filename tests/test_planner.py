@@ -11,6 +11,7 @@ import torch
 import sencache
 from sencache import planner
 from sencache.cli import main as cli_main
+from sencache.config import EPS_START_RATIO
 from sencache_kernels import COMPUTE, DecisionState
 from tests.helpers import calibration_kwargs
 
@@ -104,6 +105,42 @@ def test_planned_schedule_has_less_predicted_error_than_the_fixed_one():
                 assert planned.predicted_error < fixed.predicted_error
             else:
                 assert planned.predicted_error <= fixed.predicted_error
+
+
+def test_measured_output_change_drives_the_plan():
+    """With the profile's measured output change (a window of at least K + 1 steps), the predicted error weighs it, not
+    the score: a step whose output moves away from every earlier one is computed, and the simulator's error is the
+    weighted measured change of the steps it skips; with a shorter window the plan falls back to the score."""
+    n, k, hot = 12, 3, 7
+    base = synthetic(n=n, samples=3)
+    change = torch.full((3, n, k + 1), 1.0, dtype=torch.float64)
+    for j in range(1, k + 2):
+        change[:, hot - j, j - 1] = 1e3  # reusing any earlier step's output at step `hot` misses a lot
+    profile = dataclasses.replace(base, change_samples=change)
+    traj = planner.Trajectories.from_profile(profile, max_skips=k)
+    assert traj.change is not None and float(traj.change[0, hot - 2, hot]) == 1e3
+    assert float(traj.change[0, 2, 3]) == 1.0 and float(traj.change[0, 3, 2]) == 0.0  # only r < m is filled
+    for count in (4, 5, 6):
+        assert bool(planner.choose_steps(traj, count)[hot]), count
+    eps = torch.full((n,), 10.0, dtype=torch.float64)
+    computed, error = planner.simulate(traj, eps)
+    for s in range(3):
+        want, r = 0.0, 0
+        for m in range(n):
+            if computed[s, m]:
+                r = m
+            else:
+                want += float(traj.weight[m] * traj.change[s, r, m])
+        assert float(error[s]) == pytest.approx(want, rel=1e-12)
+    assert int((~computed).sum()) > 0
+    short = planner.Trajectories.from_profile(dataclasses.replace(base, change_samples=change[:, :, :k]), max_skips=k)
+    plain = planner.Trajectories.from_profile(base, max_skips=k)
+    assert short.change is None and torch.equal(short.weight, plain.weight)
+    early = torch.arange(n) < 0.2 * n  # the early steps' prior: EARLY_WEIGHT measured, 1 / EPS_START_RATIO bound
+    torch.testing.assert_close(traj.weight[early] / plain.weight[early],
+                               torch.full((int(early.sum()),), planner.EARLY_WEIGHT * EPS_START_RATIO,
+                                          dtype=torch.float64))
+    torch.testing.assert_close(traj.weight[~early], plain.weight[~early], rtol=0, atol=0)
 
 
 def test_profiles_without_trajectories_are_refused():
