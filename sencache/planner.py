@@ -30,8 +30,9 @@ Schedules:
   error: its tolerance there is that much tighter; the bound already overrates the middle steps' change about 4x
   against the early and late ones). Both factors are empirical: on the reference model the bound without the prior
   lost 8 and 9 dB PSNR to the fixed schedule on 2 held-out pairs at 20 of 50 steps, and the factor 4 for the measured
-  change was chosen on 6 development pairs (neither held-out nor calibration) among 1, 2, 4, 6, 8 and 14, by how the
-  predicted error ranked the quality of 18 schedules run on them (`benchmarks/results/planner_dev_cpu.md`).
+  change was chosen on 6 development pairs (neither held-out nor calibration) by how the predicted error ranked the
+  quality of the schedules run on them (6 ranks them a little better and chooses the same steps there;
+  ``benchmarks/results/planner_dev_cpu/``).
   A skipped step's tolerance is the score the plan skips it at; a computed step keeps the tolerance of the step
   before it when that one was skipped (the score only grows along a run of skips, so the plan's trajectory computes
   there), else 0. The table is then multiplied by the geometric middle of the factors that keep the mean trajectory
