@@ -216,9 +216,10 @@ def _digest(refs: list[Generation]) -> str:
     return h.hexdigest()[:16]
 
 
-def merge_records(parts: list[dict]) -> dict:
+def merge_records(parts: list[dict], replace: bool = False) -> dict:
     """One record from runs of different methods against the same uncached videos (equal digests, pairs, steps):
-    their results side by side, as if one run had run them all (ValueError when they are not comparable)."""
+    their results side by side, as if one run had run them all (ValueError when they are not comparable). A method in
+    more than one run is an error, unless ``replace``: then the last run that has it gives its rows (a rerun)."""
     first = parts[0]
     for p in parts[1:]:
         for what, a, b in (("uncached digest", first["uncached"].get("digest"), p["uncached"].get("digest")),
@@ -229,12 +230,17 @@ def merge_records(parts: list[dict]) -> dict:
                                  "differences would compare different references")
     merged = dict(first, settings=dict(first["settings"]), results=[], threshold_search={},
                   command=" && ".join(p.get("command") or "?" for p in parts))
-    merged["settings"]["methods"] = [m for p in parts for m in p["settings"]["methods"]]
+    merged["settings"]["methods"] = []
     merged["settings"]["budgets"] = sorted({b for p in parts for b in p["settings"]["budgets"]}, reverse=True)
     for p in parts:
         if dup := {r["method"] for r in p["results"]} & {r["method"] for r in merged["results"]}:
-            raise ValueError(f"methods {sorted(dup)} are in more than one of the runs to merge")
+            if not replace:
+                raise ValueError(f"methods {sorted(dup)} are in more than one of the runs to merge (--replace: the "
+                                 "last run's rows of a method replace the earlier ones)")
+            merged["results"] = [r for r in merged["results"] if r["method"] not in dup]
+            merged["settings"]["methods"] = [m for m in merged["settings"]["methods"] if m not in dup]
         merged["results"] += p["results"]
+        merged["settings"]["methods"] += p["settings"]["methods"]
         merged["threshold_search"].update(p["threshold_search"])
         merged.update({k: v for k, v in p.items() if k not in merged or merged[k] is None})
     return merged
@@ -280,11 +286,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                         help="do not run: merge the records of these runs (other methods, same uncached videos) into "
                         "OUT/quality.json and render it")
+    parser.add_argument("--replace", action="store_true",
+                        help="with --merge: a method in several runs takes the last run's rows (a rerun)")
     args = parser.parse_args(argv)
     if (missing := missing_matplotlib("sencache quality")) is not None:
         parser.error(missing)
     if args.merge:
-        merged = merge_records([json.loads((Path(d) / "quality.json").read_text()) for d in args.merge])
+        merged = merge_records([json.loads((Path(d) / "quality.json").read_text()) for d in args.merge], args.replace)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "quality.json").write_text(json.dumps(merged, indent=1) + "\n")
     if args.render_only or args.merge:

@@ -287,6 +287,12 @@ def test_merge_records_of_runs_against_the_same_references(tmp_path):
         merge_records([record(["sencache"]), record(["fbc"], pairs=({"condition": "c", "seed": 2},))])
     with pytest.raises(ValueError, match=r"\['sencache'\] are in more than one"):
         merge_records([record(["sencache"]), record(["sencache"])])
+    rerun = record(["sencache"])
+    rerun["results"][0]["threshold"] = 0.2  # tells the rerun's row from the first run's
+    merged = merge_records([record(["sencache", "fbc"]), rerun], replace=True)  # the rerun's rows replace the first's
+    assert merged["settings"]["methods"] == ["fbc", "sencache"]
+    assert merged["results"] == [{"method": "fbc", "budget": 0.5}, {"method": "sencache", "budget": 0.5,
+                                                                   "threshold": 0.2}]
     old = record(["fbc"])
     del old["uncached"]["digest"]  # a record from before the digest: not mergeable
     with pytest.raises(ValueError, match="different uncached digest"):
