@@ -130,6 +130,7 @@ class StepClock:
         self.root: torch.Tensor | None = None  # the schedule the running call's timesteps are views of
         self.pipeline: Any = None  # the pipeline running the call, found when it began (weakly), or None
         self.last: tuple = ()  # the leading call's latent and timestep, and their versions: a repeat has the same
+        self.memo: tuple = (None, None, None)  # (timestep, its version, view_entry(timestep)) of the last call
         self.calls: dict[str, int] = {}  # calls per context in the current step
         self.seen: set[str] = set()  # the contexts of the running call
         self.compute = True  # the last decision, where it was read on the host (eager mode)
@@ -144,7 +145,12 @@ class StepClock:
         starts (None for a call that follows the step's decision: another context, or a repeat within the step)."""
         if step_index is not None and self.leader is not None and name != self.leader and step_index >= self.step:
             return self._follow(name), None  # the common following call (Wan's "uncond"), told its step
-        root, k = view_entry(t)
+        memo = self.memo  # view_entry of the last timestep seen: a following call passes the leading call's
+        if t is memo[0] and _version(t) == memo[1]:
+            root, k = memo[2]
+        else:
+            root, k = entry = view_entry(t)
+            self.memo = (t, _version(t), entry)
         known = ctx_steps or self.config.num_inference_steps
         if root is not None and known and len(root) != known:  # a view of some other table, not the schedule
             root = k = None

@@ -216,19 +216,20 @@ class BlockStack:
             return (h,)
         return h, kwargs[n1] if n1 in kwargs else args[self._p1] if self._p1 < len(args) else None
 
-    def run(self, carried: Carried, args: tuple, kwargs: dict) -> Carried:
+    def run(self, carried: Carried, args: tuple, kwargs: dict,
+            calls: list[Callable[..., Any]] | None = None) -> Carried:
         """Every block on ``carried`` (each block takes the head block's other arguments). Blocks compiled by region
-        run their compiled code, except while torch.compile traces the call (compiled mode compiles the whole step)."""
-        calls = self.calls
-        if calls is None or torch.compiler.is_compiling():
-            return self._run(self.forwards, carried, args, kwargs)
-        head, self.head = self.head, None  # the compiled code calls the block's hook: it must pass through
-        try:
-            return self._run(calls, carried, args, kwargs)
-        finally:
-            self.head = head
-
-    def _run(self, calls: list[Callable[..., Any]], carried: Carried, args: tuple, kwargs: dict) -> Carried:
+        run their compiled code, except while torch.compile traces the call (compiled mode compiles the whole step).
+        ``calls``: what to call for the blocks, where the caller chose (else the blocks' forwards or compiled code)."""
+        if calls is None:
+            calls = self.calls
+            if calls is not None and not torch.compiler.is_compiling():
+                head, self.head = self.head, None  # the compiled code calls the block's hook: it must pass through
+                try:
+                    return self.run(carried, args, kwargs, calls)
+                finally:
+                    self.head = head
+            calls = self.forwards
         args, kwargs = list(args), dict(kwargs)
         n0, p0, n1, p1 = self._n0, self._p0, self._n1, self._p1
         w0, k0 = (args, p0) if n0 not in kwargs and p0 < len(args) else (kwargs, n0)  # where each stream goes
