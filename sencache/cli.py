@@ -8,7 +8,8 @@ import sys
 
 
 def show(path: str, plot: str | None = None) -> None:
-    """Print a profile's metadata and its Jx/Jt table; with ``plot``, draw Jx, Jt and the drift over t into it."""
+    """Print a profile's metadata and its per-step table (Jx, Jt; the drift, gap and output change where recorded);
+    with ``plot``, draw Jx, Jt and the drift over t into it."""
     from sencache.profile import SensitivityProfile
 
     p = SensitivityProfile.load(path)
@@ -20,10 +21,13 @@ def show(path: str, plot: str | None = None) -> None:
         if k != "scheduler_config":
             print(f"{k}: {v}")
     drift = p.drift is not None and p.dt is not None  # profiles from before the planning tables have neither
-    print(f"{'step':>4} {'timestep':>10} {'Jx':>12} {'Jt':>12}" + (f" {'drift':>12} {'dt':>10}" if drift else ""))
+    # the output's change to the next step, mean over the samples (profiles from before it have none)
+    change = None if p.change_samples is None else p.change_samples[:, :, 0].mean(0).tolist()
+    print(f"{'step':>4} {'timestep':>10} {'Jx':>12} {'Jt':>12}" + (f" {'drift':>12} {'dt':>10}" if drift else "")
+          + (f" {'change':>12}" if change else ""))
     for i, (t, jx, jt) in enumerate(zip(p.timesteps.tolist(), p.jx.tolist(), p.jt.tolist(), strict=True)):
         more = f" {float(p.drift[i]):>12.5g} {float(p.dt[i]):>10.4g}" if drift else ""
-        print(f"{i:>4} {t:>10.3f} {jx:>12.5g} {jt:>12.5g}" + more)
+        print(f"{i:>4} {t:>10.3f} {jx:>12.5g} {jt:>12.5g}" + more + (f" {change[i]:>12.5g}" if change else ""))
 
 
 def main(argv: list[str] | None = None) -> None:

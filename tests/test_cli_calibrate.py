@@ -36,6 +36,10 @@ def test_calibrate_a_saved_pipeline_and_show_it(tmp_path, capsys):
     main(["show", str(out), "--plot", str(png)])
     shown = capsys.readouterr().out
     assert "drift" in shown and len(shown.strip().splitlines()) > 4
+    header = next(line for line in shown.splitlines() if line.split()[:1] == ["step"])
+    first = shown.splitlines()[shown.splitlines().index(header) + 1].split()
+    assert header.split()[-1] == "change"  # the output's change to the next step, mean over the samples
+    assert float(first[-1]) == pytest.approx(float(prof.change_samples[:, 0, 0].mean()), rel=1e-4)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
