@@ -55,9 +55,10 @@ def describe(plan: Plan, timesteps: list[float]) -> str:
         first, last = plan.eps[0], plan.eps[-1]
         lines.append(f"tolerances: eps_start {first:.5g} in the start phase, eps {last:.5g} after")
     lo, hi = min(plan.sample_nfe), max(plan.sample_nfe)
+    cost = "measured output change" if plan.cost == "measured" else "first-order score: no output change recorded"
     lines.append(f"{plan.schedule} schedule, target {plan.target_nfe:g} NFE of {plan.steps} steps: predicted NFE "
                  f"{plan.predicted_nfe:.2f} (calibration samples {lo:g}-{hi:g}), predicted error "
-                 f"{plan.predicted_error:.4g}")
+                 f"{plan.predicted_error:.4g} ({cost})")
     return "\n".join(lines)
 
 

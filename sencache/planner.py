@@ -71,6 +71,8 @@ class Plan:
         sample_nfe: the simulated NFE of each calibration sample.
         compute_fraction: per step, the fraction of the calibration samples that compute it.
         predicted_error: the predicted error (the planner's cost), mean over the calibration samples.
+        cost: what a skip's predicted error weighs: ``"measured"`` (the profile's output change) or ``"score"`` (the
+            first-order bound: a profile without ``change_samples`` for ``max_consecutive_skips + 1`` steps).
     """
 
     schedule: str
@@ -80,6 +82,7 @@ class Plan:
     sample_nfe: tuple[float, ...]
     compute_fraction: tuple[float, ...]
     predicted_error: float
+    cost: str = "score"
 
     @property
     def steps(self) -> int:
@@ -293,7 +296,8 @@ def plan(profile: SensitivityProfile, target_nfe: float | None = None, *, speedu
     eps, (computed, error) = min(candidates, key=lambda c: (max(0.0, abs(_mean_nfe(c[1][0]) - target) - 0.5),
                                                             float(c[1][1].mean())))
     return Plan(schedule, target, tuple(eps.tolist()), _mean_nfe(computed), tuple(computed.sum(1).double().tolist()),
-                tuple(computed.double().mean(0).tolist()), float(error.mean()))
+                tuple(computed.double().mean(0).tolist()), float(error.mean()),
+                "score" if traj.change is None else "measured")
 
 
 def _mean_nfe(computed: torch.Tensor) -> float:

@@ -133,6 +133,8 @@ def test_measured_output_change_drives_the_plan():
                 want += float(traj.weight[m] * traj.change[s, r, m])
         assert float(error[s]) == pytest.approx(want, rel=1e-12)
     assert int((~computed).sum()) > 0
+    assert planner.plan(profile, 6, schedule="planned", max_consecutive_skips=k).cost == "measured"
+    assert planner.plan(base, 6, schedule="planned", max_consecutive_skips=k).cost == "score"
     short = planner.Trajectories.from_profile(dataclasses.replace(base, change_samples=change[:, :, :k]), max_skips=k)
     plain = planner.Trajectories.from_profile(base, max_skips=k)
     assert short.change is None and torch.equal(short.weight, plain.weight)
@@ -196,6 +198,7 @@ def test_cli_plan(tmp_path, capsys):
     rows = [line.split() for line in out[1:13]]
     assert [float(r[2]) for r in rows] == pytest.approx(plan.eps, rel=1e-4, abs=1e-12)
     assert f"predicted NFE {plan.predicted_nfe:.2f}" in out[13] and "target_nfe=7.0, schedule='planned'" in out[14]
+    assert out[13].endswith("(first-order score: no output change recorded)")  # synthetic(): no change_samples
     old = tmp_path / "old.safetensors"
     sencache.SensitivityProfile(timesteps=p.timesteps, jx=p.jx, jt=p.jt, metadata=p.metadata).save(old)
     for argv, match in (([str(old), "--target-nfe", "6"], "Recalibrate"),
