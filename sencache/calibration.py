@@ -10,7 +10,8 @@ then the mean over samples. The estimators (``calibration_estimators``): ``"chai
 sampler's next evaluation for Jt, one extra conditional evaluation per step (1.5x the transformer rows of a CFG
 generation); ``"central"`` takes both at ``x_k``, two extra per step. Along the way the profile records, per step,
 the latent drift ``||x_{k+1} - x_k||`` (mean and spread over samples), the change of the conditional output over the
-next steps, the timestep gap and the number of guidance contexts. Noise is drawn with a CPU generator, so the same seeds give the same profile on every device.
+next steps, the timestep gap and the number of guidance contexts. Noise is drawn with a CPU generator, so the same
+seeds give the same profile on every device.
 """
 
 from __future__ import annotations
