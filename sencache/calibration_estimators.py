@@ -60,7 +60,7 @@ class Estimator:
         self.jx: list[torch.Tensor | None] = [None] * n
         self.jt: list[torch.Tensor | None] = [None] * n
         self.drift: list[torch.Tensor | None] = [None] * n
-        self.change = [torch.zeros(0)] * n  # per step: [samples, CHANGE_WINDOW]
+        self.change: list[torch.Tensor] = []  # per step: [samples, CHANGE_WINDOW], made on the first step
         self.points: list[Point | None] = []  # only the last two are kept (latents and outputs can be large)
         self.outputs: list[torch.Tensor] = []  # the last CHANGE_WINDOW conditional outputs
         self.hooks: list[Any] = []  # the transformer (its hook) that ran each step
@@ -83,7 +83,7 @@ class Estimator:
 
     def _add(self, k: int, p: Point) -> None:
         if k == 0:
-            self.change = [p.f.new_zeros(p.f.shape[0], CHANGE_WINDOW, dtype=torch.float64) for _ in self.change]
+            self.change = [p.f.new_zeros(p.f.shape[0], CHANGE_WINDOW, dtype=torch.float64) for _ in self.jx]
         for j, f in enumerate(reversed(self.outputs), start=1):  # f: step k - j's output
             self.change[k - j][:, j - 1] = per_sample_norm(p.f - f)
         self.outputs = [*self.outputs[1 - CHANGE_WINDOW:], p.f]

@@ -156,7 +156,8 @@ class SensitivityProfile:
             if v is not None:
                 v = _table(name, v)
                 dims = 2 if name in _SAMPLE_TABLES else 3 if name in _WINDOW_TABLES else 1
-                if not (v.dim() == dims and v.shape[dims > 1] == n and 0 not in v.shape[2:]):  # a window of >= 1 step
+                axis = 0 if dims == 1 else 1  # the steps' axis; a window table has a window of >= 1 step
+                if v.dim() != dims or v.shape[axis] != n or (dims == 3 and v.shape[2] == 0):
                     shape = {1: f"({n},)", 2: f"[num_samples, {n}]", 3: f"[num_samples, {n}, window]"}[dims]
                     raise ValueError(f"SensitivityProfile: {name} must be {shape}, got {tuple(v.shape)}")
                 if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
