@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from sencache.config import FORECASTS
 from sencache.planner import SCHEDULES, Plan
 
 
@@ -43,6 +44,8 @@ def parser(prog: str = "sencache plan") -> argparse.ArgumentParser:
     p.add_argument("--force-first", type=_count, default=None, help="force_first_steps (default: the model's)")
     p.add_argument("--force-last", type=_count, default=None, help="force_last_steps (default: the model's)")
     p.add_argument("--start-fraction", type=_fraction, default=0.2, help="start phase of the fixed schedule")
+    p.add_argument("--forecast", choices=FORECASTS, default="reuse",
+                   help="what a skipped step adds (SenCacheConfig.forecast); linear: a skip costs the forecast's miss")
     return p
 
 
@@ -55,7 +58,8 @@ def describe(plan: Plan, timesteps: list[float]) -> str:
         first, last = plan.eps[0], plan.eps[-1]
         lines.append(f"tolerances: eps_start {first:.5g} in the start phase, eps {last:.5g} after")
     lo, hi = min(plan.sample_nfe), max(plan.sample_nfe)
-    cost = "measured output change" if plan.cost == "measured" else "first-order score: no output change recorded"
+    cost = {"measured": "measured output change", "forecast": "what the forecast misses of the measured output change",
+            "score": "first-order score: no output change recorded"}[plan.cost]
     lines.append(f"{plan.schedule} schedule, target {plan.target_nfe:g} NFE of {plan.steps} steps: predicted NFE "
                  f"{plan.predicted_nfe:.2f} (calibration samples {lo:g}-{hi:g}), predicted error "
                  f"{plan.predicted_error:.4g} ({cost})")
@@ -75,13 +79,14 @@ def main(argv: list[str]) -> None:
                              f"calibration trajectories; for {a.steps} steps calibrate at {a.steps} (sencache "
                              f"calibrate ... --steps {a.steps})")
         result = plan(profile, a.target_nfe, speedup=a.speedup, schedule=a.schedule, max_consecutive_skips=a.max_skips,
-                      force_first_steps=a.force_first, force_last_steps=a.force_last, start_fraction=a.start_fraction)
+                      force_first_steps=a.force_first, force_last_steps=a.force_last, start_fraction=a.start_fraction,
+                      forecast=a.forecast)
     except (OSError, ValueError) as exc:
         p.exit(2, f"sencache plan: {' '.join(str(exc).split())}\n")
     print(describe(result, profile.timesteps.tolist()))
     given = {"target_nfe": a.target_nfe, "speedup": a.speedup, "schedule": a.schedule, "max_consecutive_skips":
              a.max_skips, "force_first_steps": a.force_first, "force_last_steps": a.force_last,
-             "start_fraction": a.start_fraction}
-    defaults = {"schedule": "fixed", "max_consecutive_skips": 3, "start_fraction": 0.2}
+             "start_fraction": a.start_fraction, "forecast": a.forecast}
+    defaults = {"schedule": "fixed", "max_consecutive_skips": 3, "start_fraction": 0.2, "forecast": "reuse"}
     shown = ", ".join(f"{k}={v!r}" for k, v in given.items() if v is not None and v != defaults.get(k))
     print(f"use: sencache.SenCacheConfig(profile=sencache.SensitivityProfile.load({a.profile!r}), {shown})")

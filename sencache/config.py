@@ -110,7 +110,8 @@ class SenCacheConfig:
                 self.plan = planner.plan(self.profile, self.target_nfe, speedup=self.speedup, schedule=self.schedule,
                                          max_consecutive_skips=self.max_consecutive_skips,
                                          force_first_steps=self.force_first_steps,
-                                         force_last_steps=self.force_last_steps, start_fraction=self.start_fraction)
+                                         force_last_steps=self.force_last_steps, start_fraction=self.start_fraction,
+                                         forecast=self.forecast)
             except ValueError as exc:
                 raise ValueError(f"SenCacheConfig: {exc}") from None
             steps = self.num_inference_steps

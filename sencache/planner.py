@@ -71,8 +71,9 @@ class Plan:
         sample_nfe: the simulated NFE of each calibration sample.
         compute_fraction: per step, the fraction of the calibration samples that compute it.
         predicted_error: the predicted error (the planner's cost), mean over the calibration samples.
-        cost: what a skip's predicted error weighs: ``"measured"`` (the profile's output change) or ``"score"`` (the
-            first-order bound: a profile without ``change_samples`` for ``max_consecutive_skips + 1`` steps).
+        cost: what a skip's predicted error weighs: ``"measured"`` (the profile's output change), ``"forecast"``
+            (what the residual forecast misses of it: ``forecast="linear"``, a change table over ``2 K + 1`` steps)
+            or ``"score"`` (the first-order bound: a profile without ``change_samples`` for ``K + 1`` steps).
     """
 
     schedule: str
@@ -114,12 +115,29 @@ class Trajectories:
     forced: torch.Tensor
     max_skips: int
     change: torch.Tensor | None = None
+    forecast: bool = False
+
+    def skip_cost(self, s0: torch.Tensor, s1: torch.Tensor, m: torch.Tensor, rows: torch.Tensor | slice = slice(None)
+                  ) -> torch.Tensor:
+        """The measured output change a skip at step ``m`` misses with the last computed steps ``s0 < s1``
+        (``s0 == s1``: only one so far), per sample (``rows``): reusing ``f(s1)``, ``||f_m - f_{s1}||``; with the
+        forecast, ``||f_m - f_{s1} - w (f_{s1} - f_{s0})||``, ``w = (m - s1) / (s1 - s0)``, which the three
+        distances between the steps' outputs fix (the sides of a triangle fix any combination of its corners whose
+        weights sum to 0): ``(1 + w) d(m, s1)^2 - w d(m, s0)^2 + w (1 + w) d(s1, s0)^2``."""
+        d1 = self.change[rows, s1, m]
+        if not self.forecast:
+            return d1
+        w = torch.where(s1 > s0, (m - s1).double() / (s1 - s0).clamp_min(1), 0.0)
+        d0, d10 = self.change[rows, s0, m], self.change[rows, s0, s1]
+        return torch.where(w > 0, ((1 + w) * d1**2 - w * d0**2 + w * (1 + w) * d10**2).clamp_min(0).sqrt(), d1)
 
     @classmethod
     def from_profile(cls, profile: SensitivityProfile, max_skips: int, force_first: int | None = None,
-                     force_last: int | None = None, start_fraction: float = 0.2) -> Trajectories:
+                     force_last: int | None = None, start_fraction: float = 0.2, forecast: str = "reuse"
+                     ) -> Trajectories:
         """The profile's trajectories; ``force_first``/``force_last`` None: the model's defaults (its adapter);
-        ``start_fraction``: the steps whose errors weigh ``1 / EPS_START_RATIO`` times more."""
+        ``start_fraction``: the steps whose errors weigh more; ``forecast``: ``SenCacheConfig.forecast`` (``"linear"``
+        costs a skip by the forecast's miss where the change table spans ``2 max_skips + 1`` steps)."""
         missing = missing_tables(profile)
         if missing:
             raise ValueError(
@@ -148,9 +166,10 @@ class Trajectories:
                 change[:, steps[:-j], steps[j:]] = profile.change_samples[:, :-j, j - 1]
         early = EARLY_WEIGHT if change is not None else 1 / EPS_START_RATIO
         weight = ds * later * torch.where(steps < start_fraction * n, early, 1.0)
+        linear = forecast == "linear" and change is not None and profile.change_samples.shape[2] >= 2 * max_skips + 1
         return cls(profile.timesteps, profile.jx, profile.jt, weight, reach,
                    math.sqrt(profile.metadata["latent_numel"]), (steps < max(1, first)) | (steps >= n - last),
-                   max_skips, change)
+                   max_skips, change, linear)
 
     def scores(self, reach: torch.Tensor) -> torch.Tensor:
         """``[..., r, m]``: the score at step ``m`` with reference ``r``, for trajectories ``reach [..., n]``."""
@@ -169,7 +188,7 @@ def simulate(traj: Trajectories, eps: torch.Tensor) -> tuple[torch.Tensor, torch
     error summing ``weight_m`` times the output change (measured, else the score) over the skipped steps."""
     s, n = traj.reach.shape
     rows = torch.arange(s)
-    ref = torch.zeros(s, dtype=torch.long)
+    ref = prev = torch.zeros(s, dtype=torch.long)  # the last two computed steps (equal: one so far)
     skips = torch.zeros(s, dtype=torch.long)
     computed = torch.ones(s, n, dtype=torch.bool)
     error = torch.zeros(s, dtype=torch.float64)
@@ -178,48 +197,64 @@ def simulate(traj: Trajectories, eps: torch.Tensor) -> tuple[torch.Tensor, torch
         score = traj.jx[ref] * dx + traj.jt[ref] * (traj.t[m] - traj.t[ref]).abs()
         skip = (score <= eps[m] * traj.root_n) & (skips < traj.max_skips) & ~traj.forced[m]
         computed[:, m] = ~skip
-        change = score if traj.change is None else traj.change[rows, ref, m]
+        change = score if traj.change is None else traj.skip_cost(prev, ref, torch.tensor(m), rows)
         error += torch.where(skip, traj.weight[m] * change, 0.0)
         skips = torch.where(skip, skips + 1, 0)
+        prev = torch.where(skip, prev, ref)
         ref = torch.where(skip, ref, m)
     return computed, error
 
 
 def choose_steps(traj: Trajectories, count: int) -> torch.Tensor | None:
     """The ``count`` steps to compute (a bool mask) that minimise the predicted error of the mean trajectory under the
-    cap on consecutive skips and the forced steps, by dynamic programming; None when no such choice exists."""
+    cap on consecutive skips and the forced steps, by dynamic programming over the last two computed steps (what a
+    skip costs depends on both with the forecast); None when no such choice exists."""
     n, k = traj.t.numel(), traj.max_skips
-    mean = traj.scores(traj.reach.mean(0)) if traj.change is None else traj.change.mean(0)
-    cost = traj.weight[None, :] * mean  # [r, m]: skipping m with reference r
-    run = cost.cumsum(1)  # run[r, m]: skipping every step from r + 1 to m (the entries up to r are read as 0)
+    if traj.change is None:
+        mean = traj.scores(traj.reach.mean(0))[None]  # [s0, r, m]: skipping m after r (here whatever s0 before it)
+    elif not traj.forecast:
+        mean = traj.change.mean(0)[None]
+    else:
+        steps = torch.arange(n)
+        mean = traj.skip_cost(steps[:, None, None], steps[None, :, None], steps[None, None, :]).mean(0)
+    run = (traj.weight * mean).cumsum(-1).tolist()  # run[.][r][m]: skipping every step from r + 1 to m
+    one = len(run) == 1
 
-    def seg(r: int, j: int) -> float:  # skip the steps strictly between r and j
-        return float(run[r, j - 1] - run[r, r]) if j > r + 1 else 0.0
+    def seg(s0: int, r: int, j: int) -> float:  # skip the steps strictly between r and j, the last two computed s0, r
+        row = run[0 if one else s0][r]
+        return row[j - 1] - row[r] if j > r + 1 else 0.0
 
     forced_before = [0, *torch.cumsum(traj.forced.long(), 0).tolist()]  # forced steps in [0, m) at index m
 
     def free(r: int, j: int) -> bool:  # the steps between r and j may all be skipped
         return j - r - 1 <= k and forced_before[j] - forced_before[r + 1] == 0
 
-    inf = math.inf
-    best = [[inf] * n for _ in range(count + 1)]
-    came = [[-1] * n for _ in range(count + 1)]
-    best[1][0] = 0.0
+    # best[c][j][d]: the least error with c computed steps, the last at j and the one before at j - d (d = 0: none)
+    inf, width = math.inf, k + 2
+    best = [[[inf] * width for _ in range(n)] for _ in range(count + 1)]
+    came = [[[-1] * width for _ in range(n)] for _ in range(count + 1)]
+    best[1][0][0] = 0.0
     for c in range(2, count + 1):
         for j in range(c - 1, n):
             for r in range(max(c - 2, j - k - 1), j):
-                if best[c - 1][r] < inf and free(r, j):
-                    v = best[c - 1][r] + seg(r, j)
-                    if v < best[c][j]:
-                        best[c][j], came[c][j] = v, r
-    ends = [(best[count][r] + seg(r, n), r) for r in range(n) if best[count][r] < inf and free(r, n)]
+                if not free(r, j):
+                    continue
+                here = best[c - 1][r]
+                for d in range(width - 1, -1, -1):  # on ties the earlier step before r (as one state per step)
+                    if here[d] < inf:
+                        v = here[d] + seg(r - d, r, j)
+                        if v < best[c][j][j - r]:
+                            best[c][j][j - r], came[c][j][j - r] = v, d
+    ends = [(v + seg(r - d, r, n), r, -d) for r in range(n) if free(r, n)
+            for d, v in enumerate(best[count][r]) if v < inf]
     if not ends:
         return None
     mask = torch.zeros(n, dtype=torch.bool)
-    c, r = count, min(ends)[1]
+    _, r, d = min(ends)
+    c, d = count, -d
     while r >= 0:
         mask[r] = True
-        c, r = c - 1, came[c][r]
+        c, r, d = c - 1, r - d if d else -1, came[c][r][d]
     return mask
 
 
@@ -258,14 +293,15 @@ def target_of(steps: int, target_nfe: float | None, speedup: float | None) -> fl
 
 def plan(profile: SensitivityProfile, target_nfe: float | None = None, *, speedup: float | None = None,
          schedule: str = "fixed", max_consecutive_skips: int = 3, force_first_steps: int | None = None,
-         force_last_steps: int | None = None, start_fraction: float = 0.2) -> Plan:
+         force_last_steps: int | None = None, start_fraction: float = 0.2, forecast: str = "reuse") -> Plan:
     """Plan the tolerances of a generation of the profile's step count for ``target_nfe`` (see the module docstring).
 
     Args:
         profile: a profile with its calibration trajectories (``sencache.calibrate``).
         target_nfe: expected block-stack evaluations per generation; or ``speedup``: steps / NFE.
         schedule: ``"fixed"`` (one eps after an ``eps_start`` phase) or ``"planned"`` (eps per step).
-        max_consecutive_skips, force_first_steps, force_last_steps, start_fraction: as in ``SenCacheConfig``.
+        max_consecutive_skips, force_first_steps, force_last_steps, start_fraction, forecast: as in
+            ``SenCacheConfig`` (with ``"linear"`` a skip costs what the residual forecast misses).
 
     Raises:
         ValueError: a profile without trajectories, or a target out of reach (saying what to change).
@@ -275,7 +311,7 @@ def plan(profile: SensitivityProfile, target_nfe: float | None = None, *, speedu
     n = len(profile)
     target = target_of(n, target_nfe, speedup)
     traj = Trajectories.from_profile(profile, max_consecutive_skips, force_first_steps, force_last_steps,
-                                     start_fraction)
+                                     start_fraction, forecast)
     fewest = _mean_nfe(simulate(traj, torch.full((n,), math.inf))[0])  # every skip the cap and forcing allow
     if target < fewest - 0.5:
         raise ValueError(
@@ -297,7 +333,7 @@ def plan(profile: SensitivityProfile, target_nfe: float | None = None, *, speedu
                                                             float(c[1][1].mean())))
     return Plan(schedule, target, tuple(eps.tolist()), _mean_nfe(computed), tuple(computed.sum(1).double().tolist()),
                 tuple(computed.double().mean(0).tolist()), float(error.mean()),
-                "score" if traj.change is None else "measured")
+                "score" if traj.change is None else "forecast" if traj.forecast else "measured")
 
 
 def _mean_nfe(computed: torch.Tensor) -> float:

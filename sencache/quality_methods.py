@@ -90,7 +90,7 @@ def _forecast_apply(pipe: Any, threshold: float, profile: Any, steps: int) -> No
     _sencache_apply(pipe, threshold, profile, steps, forecast="linear")
 
 
-def _target_apply(schedule: str) -> Callable[[Any, float, Any, int], None]:
+def _target_apply(schedule: str, forecast: str = "reuse") -> Callable[[Any, float, Any, int], None]:
     """SenCache with its tolerances planned for ``budget * steps`` NFE (``sencache.planner``), on the sencache
     profile."""
 
@@ -98,7 +98,7 @@ def _target_apply(schedule: str) -> Callable[[Any, float, Any, int], None]:
         import sencache
 
         cfg = sencache.SenCacheConfig(profile=profile, target_nfe=budget * steps, schedule=schedule,
-                                      max_consecutive_skips=_K)
+                                      max_consecutive_skips=_K, forecast=forecast)
         sencache.apply_sencache(pipe, cfg)
 
     return apply
@@ -217,6 +217,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            _sencache_remove, in_default_run=False, shares="sencache", targeted=True),
     Method("sencache_planned", "SenCache (target NFE, planned eps(t))", (0.01, 1.0), _target_apply("planned"),
            _sencache_remove, in_default_run=False, shares="sencache", targeted=True),
+    Method("sencache_planned_forecast", "SenCache (target NFE, planned eps(t), forecast)", (0.01, 1.0),
+           _target_apply("planned", "linear"), _sencache_remove, in_default_run=False, shares="sencache",
+           targeted=True),
     Method("magcache", "MagCache (diffusers)", (1e-4, 20.0), _magcache_apply, _disable_cache, magcache_ratios,
            "mag_ratios"),
     Method("teacache", "TeaCache (ours, published alg.)", (1e-4, 20.0), _teacache_apply, _teacache_remove,

@@ -232,3 +232,58 @@ def test_realized_nfe_matches_the_prediction_on_held_out_seeds(pipes):
         sencache.remove_sencache(pipe)
         assert abs(sum(realized) / 3 - cfg.plan.predicted_nfe) <= 1.0, (schedule, realized, cfg.plan)
         assert max(realized) < steps and stats.forced[-1]  # skips at run time; the adapter's forced last step
+
+
+def _with_outputs(n, k, samples=3, seed=0):
+    """A profile whose change table is the distances of explicit per-sample outputs ``f [S, n, 5]`` (a curved path:
+    the forecast misses some of it), over ``2 k + 1`` steps."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.linspace(0, 1, n, dtype=torch.float64)[None, :, None]
+    bend = torch.rand(samples, 1, 5, generator=g, dtype=torch.float64) * 2
+    f = s * torch.randn(samples, 1, 5, generator=g, dtype=torch.float64) + bend * s**3 + 0.05 * torch.randn(
+        samples, n, 5, generator=g, dtype=torch.float64)
+    change = torch.zeros(samples, n, 2 * k + 1, dtype=torch.float64)
+    for j in range(1, 2 * k + 2):
+        change[:, :-j, j - 1] = (f[:, j:] - f[:, :-j]).norm(dim=-1)
+    return dataclasses.replace(synthetic(n=n, samples=samples, seed=seed), change_samples=change), f
+
+
+def _forecast_error(traj, f, mask):
+    """The mean over samples of the weighted miss of the linear forecast from the last two computed steps."""
+    total = torch.zeros(f.shape[0], dtype=torch.float64)
+    s0 = s1 = 0
+    for m in range(len(mask)):
+        if mask[m]:
+            s0, s1 = s1, m
+            continue
+        guess = f[:, s1] if s0 == s1 else f[:, s1] + (f[:, s1] - f[:, s0]) * (m - s1) / (s1 - s0)
+        total += traj.weight[m] * (f[:, m] - guess).norm(dim=-1)
+    return total
+
+
+@pytest.mark.parametrize("count", [4, 5, 7])
+def test_forecast_plan_costs_what_the_forecast_misses(count):
+    """With ``forecast="linear"`` a skip costs the distance of the output from the first-order forecast of the last two
+    computed steps, taken from the change table alone; the dynamic programme finds the least of it (against every
+    choice of 9 steps, K=2) and the simulator's error is the explicit miss of the steps it skips."""
+    n, k = 9, 2
+    profile, f = _with_outputs(n, k, seed=count)
+    traj = planner.Trajectories.from_profile(profile, max_skips=k, force_first=1, force_last=1, forecast="linear")
+    assert traj.forecast and not planner.Trajectories.from_profile(profile, max_skips=3, forecast="linear").forecast
+    best, reuse_best = math.inf, None
+    for inner in itertools.combinations(range(1, n - 1), count - 2):
+        mask = [m in inner or m in (0, n - 1) for m in range(n)]
+        if max(len(run) for run in "".join("x" if c else "." for c in mask).split("x")) <= k:
+            best = min(best, float(_forecast_error(traj, f, mask).mean()))
+    mask = planner.choose_steps(traj, count)
+    assert int(mask.sum()) == count and bool(mask[0]) and bool(mask[-1])
+    assert float(_forecast_error(traj, f, mask.tolist()).mean()) == pytest.approx(best, rel=1e-9)
+    eps = torch.full((n,), 1e3, dtype=torch.float64)
+    computed, error = planner.simulate(traj, eps)
+    assert int((~computed).sum()) > 0
+    for s in range(f.shape[0]):
+        assert float(error[s]) == pytest.approx(float(_forecast_error(traj, f[s:s + 1], computed[s].tolist())[0]),
+                                                rel=1e-9)
+    plan = planner.plan(profile, count, schedule="planned", max_consecutive_skips=k, force_first_steps=1,
+                        force_last_steps=1, forecast="linear")
+    assert plan.cost == "forecast" and abs(plan.predicted_nfe - count) <= 0.5
