@@ -143,33 +143,41 @@ class StepClock:
               ctx_steps: int | None) -> tuple[str, Step | None]:
         """A call of context ``name`` with latent ``x`` at timestep ``t``: the context it runs as, and the step it
         starts (None for a call that follows the step's decision: another context, or a repeat within the step)."""
-        if step_index is not None and self.leader is not None and name != self.leader and step_index >= self.step:
-            return self._follow(name), None  # the common following call (Wan's "uncond"), told its step
-        memo = self.memo  # view_entry of the last timestep seen: a following call passes the leading call's
-        if t is memo[0] and _version(t) == memo[1]:
-            root, k = memo[2]
-        else:
-            root, k = entry = view_entry(t)
-            self.memo = (t, _version(t), entry)
-        known = ctx_steps or self.config.num_inference_steps
-        if root is not None and known and len(root) != known:  # a view of some other table, not the schedule
-            root = k = None
-        index = step_index if step_index is not None else k
-        if self.leader is not None:
-            if name != self.leader and not self._begins_call(name, index, root):
-                return self._follow(name), None
-            if name == self.leader and self._repeats(x, t, index, root):
-                return self._follow(name), None
-        step = self.tick(module, name, x, t, index, ctx_steps, (root, k))
-        self.calls = {name: 1}  # after the tick, which resets it when a new pipeline call begins
+        leader = self.leader
+        if leader is None or name == leader or step_index is None or step_index < self.step:
+            # not the common following call (Wan's "uncond" told its step): where the timestep sits tells more
+            memo = self.memo  # view_entry of the last timestep seen: a following call passes the leading call's
+            if t is memo[0] and (memo[1] is None or t._version == memo[1]):  # _version(t) == memo[1], inlined
+                root, k = memo[2]
+            else:
+                root, k = entry = view_entry(t)
+                self.memo = (t, _version(t), entry)
+            known = ctx_steps or self.config.num_inference_steps
+            if root is not None and known and len(root) != known:  # a view of some other table, not the schedule
+                root = k = None
+            index = step_index if step_index is not None else k
+            if name != leader:  # another context begins a new pipeline call when it runs another call's schedule or
+                begins = leader is None or (root is not None and root is not self.root) or (  # an earlier step, or
+                    index < self.step if index is not None  # (its step untold) is new after the last step
+                    else 1 < self.num_steps <= self.step + 1 and name not in self.seen)
+            else:  # the leader starts the next step, unless it repeats the current one (same step, same latent)
+                begins = not ((index is None or index == self.step) and self._repeats(x, t, index, root))
+            if begins:
+                step = self.tick(module, name, x, t, index, ctx_steps, (root, k))
+                self.calls = {name: 1}  # after the tick, which resets it when a new pipeline call begins
+                self.seen.add(name)
+                return name, step
+        # A call that follows the step's decision: as ``name``, or as ``name#k`` for its k-th repeat within the step.
         self.seen.add(name)
-        return name, step
+        k = self.calls.get(name, 0)
+        self.calls[name] = k + 1
+        return (name if k == 0 else f"{name}#{k}"), None
 
     def tick(self, module: torch.nn.Module, name: str, x: torch.Tensor, t: Any, index: int | None,
              ctx_steps: int | None, entry: tuple) -> Step:
         """Start the step of the leading context's call (``index``: the step, where the call tells it; ``entry``:
         ``view_entry(t)``, or ``(None, None)`` where ``t`` is no view of the schedule)."""
-        root = entry[0]
+        root, t_version = entry[0], self.memo[1]  # t's version: enter's memo holds it (a new call resets the memo)
         if (self.leader != name or x.shape != self.shape or x.dtype != self.dtype or x.device != self.device
                 or (ctx_steps and ctx_steps != self.num_steps) or (root is not None and root is not self.root)
                 or (index is not None and (index <= self.step or index >= self.num_steps))
@@ -188,33 +196,19 @@ class StepClock:
                 self.schedule = _Schedule(root, x.shape[0], self.config)  # once per call, for this call's latent
         else:
             tb, first = None, False
+        cfg = self.config
         row = self.schedule.row(t, x, entry) if self.schedule is not None else None
         if row is None:  # a copy off the table: the statistics keep it, and it may be a view of the caller's t
             tb = (per_sample_timestep(t, x) if tb is None else tb).clone()
+            jx, jt = cfg.profile.lookup(tb, cfg.interpolation)
         else:
-            tb = row[0]
+            tb, jx, jt = row
         self.step = step = self.step + 1 if index is None else int(index)
-        self.last = (x, None if x.is_inference() else x._version, t, _version(t))  # _version(x), inlined
-        cfg, num_steps = self.config, self.num_steps
-        jx, jt = cfg.profile.lookup(tb, cfg.interpolation) if row is None else row[1:]
+        self.last = (x, None if x.is_inference() else x._version, t, t_version)  # _version(x), inlined
+        num_steps = self.num_steps
         eps = cfg.tolerance(step, num_steps)
         forced = first or step < self.force_first or step >= num_steps - self.force_last
         return Step(step, x, tb, jx, jt, eps, forced, self.state, eps * self.root_n)
-
-    def _follow(self, name: str) -> str:
-        """The context a following call runs as: ``name``, or ``name#k`` for its k-th repeat within the step."""
-        self.seen.add(name)
-        k = self.calls.get(name, 0)
-        self.calls[name] = k + 1
-        return name if k == 0 else f"{name}#{k}"
-
-    def _begins_call(self, name: str, index: int | None, root: torch.Tensor | None) -> bool:
-        """Whether a call of a context other than the leader's begins a new pipeline call (else it follows)."""
-        if root is not None and root is not self.root:  # another call's schedule
-            return True
-        if index is not None:
-            return index < self.step
-        return 1 < self.num_steps <= self.step + 1 and name not in self.seen  # after the last step, a new context
 
     def _repeats(self, x: torch.Tensor, t: Any, index: int | None, root: torch.Tensor | None) -> bool:
         """Whether a leading call is the current step again (same step, same latent) rather than the next step."""
@@ -270,23 +264,18 @@ class StepClock:
                          "set SenCacheConfig(num_inference_steps=...), or apply SenCache to the pipeline")
 
     # ------------------------------------------------------------------------------------------------ statistics
-    def record(self, step: Step, computed: bool | torch.Tensor, score: torch.Tensor | None = None) -> None:
-        """The leading call's decision: a bool read on the host, or the device flag (a snapshot is kept), with the
-        scores in ``score`` (a ``score_row``), else in the state's buffer (a copy is kept)."""
-        if isinstance(computed, torch.Tensor):
-            computed = self.flag = computed.clone()
-        if score is None:
-            score = step.state.score.clone()
-        self.recorder.record(step.t, score, step.threshold, step.forced, computed)
-
-    def score_row(self, step: Step) -> torch.Tensor | None:
-        """Where an eager decision writes the scores of ``step`` (see ``StatsRecorder.score_row``)."""
-        return self.recorder.score_row(step.index, step.state._buffers["score"])
+    def record(self, step: Step, flag: torch.Tensor) -> None:
+        """The leading call's decision in a device mode: snapshots of the device flag and of the state's scores, read
+        when the statistics are asked for. (Eager mode records into ``recorder`` itself: the flag it read on the host,
+        the scores in a row of the call's table.)"""
+        self.flag = flag.clone()
+        self.recorder.record(step.t, step.state.score.clone(), step.threshold, step.forced, self.flag)
 
     def count_stack_call(self, computed: bool | torch.Tensor) -> None:
         """One context's call: whether it ran the block stack (a bool, or the step's flag snapshot)."""
         if self.recorder is not None:
             self.recorder.stack_calls.append(computed)
+
 
 def _version(v: Any) -> int | None:
     return v._version if isinstance(v, torch.Tensor) and not v.is_inference() else None

@@ -71,7 +71,7 @@ class SenCacheHook(ModelHook):
         self.local = threading.local()
         self.lane = self.latest = self.own_lane()
         self.chain: list[Executor] | None = None  # the executors to try, resolved on the first call
-        self.adopted: tuple = ()  # the (clock, pipeline call) the stack last looked for compiled blocks in
+        self.adopted: Any = None  # the pipeline call (its StatsRecorder) the stack last looked for compiled blocks in
 
     @property
     def mode(self) -> str:
@@ -116,7 +116,7 @@ class SenCacheHook(ModelHook):
         return module
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        ctx = self.state_manager.current()
+        ctx = getattr(self.state_manager.local, "where", None)  # state_manager.current(), inlined
         name, step_index, ctx_steps = ("default", None, None) if ctx is None else ctx  # outside cache_context
         x_name, x_pos, t_name, t_pos = self.arg_slots  # Args.get of the latent and the timestep, inlined
         x = kwargs[x_name] if x_name in kwargs else args[x_pos] if x_pos < len(args) else None
@@ -134,8 +134,8 @@ class SenCacheHook(ModelHook):
             name, step = lane.clock.enter(module, name, x, t, step_index, ctx_steps)
             if self.chain is None:
                 self.chain = build_chain(self, self.requested_mode, x, self.compile_options)
-            if self.adopted != (lane.clock, lane.clock.call):  # once per pipeline call: blocks compiled by region
-                self.adopted = (lane.clock, lane.clock.call)  # (also after apply_sencache) run inside the stack
+            if self.adopted is not lane.clock.recorder:  # once per pipeline call (its statistics name it): blocks
+                self.adopted = lane.clock.recorder  # compiled by region (also after apply_sencache) run in the stack
                 self.stack.adopt_compiled()
             ctx = lane.contexts.get(name)
             if ctx is None:

@@ -47,29 +47,31 @@ class Args:
 
 class _ThreadContext(StateManager):
     """A ``StateManager`` whose context (what ``cache_context`` sets) is per thread: two threads calling one
-    transformer each see their own."""
+    transformer each see their own. ``local.where`` holds the context's ``(name, step_index, num_inference_steps)``
+    (None outside ``cache_context``), read once when the context is set."""
 
     def __init__(self) -> None:
-        self._local = threading.local()
+        self.local = threading.local()
         super().__init__(NoState)
 
     @property
     def _context(self) -> Any:
-        return getattr(self._local, "context", None)
+        return getattr(self.local, "context", None)
 
     @_context.setter
     def _context(self, value: Any) -> None:
-        self._local.context = value
+        self.set_context(value)
 
     def set_context(self, context: Any) -> None:  # what cache_context calls twice per transformer call: one frame
-        self._local.context = context
+        local = self.local
+        local.context = context
+        local.where = None if context is None else (getattr(context, "name", context),
+                                                    getattr(context, "step_index", None),
+                                                    getattr(context, "num_inference_steps", None))
 
     def current(self) -> tuple[str, int | None, int | None] | None:
         """(name, step_index, num_inference_steps) of the context ``cache_context`` set in this thread, or None."""
-        ctx = getattr(self._local, "context", None)
-        if ctx is None:
-            return None
-        return getattr(ctx, "name", ctx), getattr(ctx, "step_index", None), getattr(ctx, "num_inference_steps", None)
+        return getattr(self.local, "where", None)
 
 
 class NoState(BaseState):

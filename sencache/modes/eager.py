@@ -20,17 +20,18 @@ class EagerExecutor(Executor):
 
     def __call__(self, ctx: Context, step: Any, args: tuple, kwargs: dict) -> Any:
         hook = self.hook
-        clock = hook.lane.clock
+        self._clock = clock = hook.lane.clock
         if step is not None:
-            row = clock.score_row(step)
-            flag = step.state.decide(step.x, step.t, step.jx, step.jt, step.eps, step.forced,
-                                     hook.config.max_consecutive_skips, row)  # with the one host read of the step
+            state, recorder = step.state, clock.recorder
+            row = recorder.score_row(step.index, state._buffers["score"])  # where the decision writes the scores
+            flag = state.decide(step.x, step.t, step.jx, step.jt, step.eps, step.forced,
+                                hook.config.max_consecutive_skips, row)  # with the one host read of the step
             if flag & NONFINITE and not clock.warned_nonfinite:
                 clock.warned_nonfinite = True
                 warnings.warn("SenCache: the latent contains NaN or Inf; such steps are always computed, never "
                               "skipped. Check the inputs and the model's dtype.", RuntimeWarning, stacklevel=5)
-            clock.compute = bool(flag & COMPUTE)
-            clock.record(step, clock.compute, row)
+            clock.compute = compute = bool(flag & COMPUTE)
+            recorder.record(step.t, state.score.clone() if row is None else row, step.threshold, step.forced, compute)
         self._residual = ctx.residual
         stack = hook.stack
         stack.head = self  # stack.running(self), without a context manager's two calls
@@ -40,8 +41,7 @@ class EagerExecutor(Executor):
             stack.head = None
 
     def replace_stack(self, carried: Carried, args: tuple, kwargs: dict) -> Carried:
-        hook = self.hook
-        clock, stack, residual = hook.lane.clock, hook.stack, self._residual
+        clock, stack, residual = self._clock, self.hook.stack, self._residual
         compute = clock.compute or not residual.valid(clock.call, carried)
         recorder = clock.recorder  # clock.count_stack_call(compute), inlined: every call of every step
         if recorder is not None:
