@@ -151,7 +151,7 @@ class StepClock:
                 root, k = memo[2]
             else:
                 root, k = entry = view_entry(t)
-                self.memo = (t, _version(t), entry)
+                self.memo = (t, t._version if isinstance(t, torch.Tensor) and not t.is_inference() else None, entry)
             known = ctx_steps or self.config.num_inference_steps
             if root is not None and known and len(root) != known:  # a view of some other table, not the schedule
                 root = k = None

@@ -210,11 +210,11 @@ class BlockStack:
     def carried(self, args: tuple, kwargs: dict) -> Carried:
         """The streams the blocks carry, from the arguments of a block call (None for one not passed). Written out
         for one or two streams, without a loop: every block of every call asks."""
-        n0, n1 = self._n0, self._n1
-        h = kwargs[n0] if n0 in kwargs else args[self._p0] if self._p0 < len(args) else None
+        p0, n1 = self._p0, self._n1  # a stream passed by position, else by name (a valid call has not both)
+        h = args[p0] if p0 < len(args) else kwargs.get(self._n0)
         if n1 is None:
             return (h,)
-        return h, kwargs[n1] if n1 in kwargs else args[self._p1] if self._p1 < len(args) else None
+        return h, args[self._p1] if self._p1 < len(args) else kwargs.get(n1)
 
     def run(self, carried: Carried, args: tuple, kwargs: dict,
             calls: list[Callable[..., Any]] | None = None) -> Carried:
@@ -231,8 +231,8 @@ class BlockStack:
                     self.head = head
             calls = self.forwards
         args, kwargs = list(args), dict(kwargs)
-        n0, p0, n1, p1 = self._n0, self._p0, self._n1, self._p1
-        w0, k0 = (args, p0) if n0 not in kwargs and p0 < len(args) else (kwargs, n0)  # where each stream goes
+        p0, n1 = self._p0, self._n1  # where each stream goes: by position where it came so, else by name
+        w0, k0 = (args, p0) if p0 < len(args) else (kwargs, self._n0)
         if self.bare:  # (then one stream)
             h = carried[0]
             for call in calls:
@@ -244,7 +244,8 @@ class BlockStack:
                 w0[k0] = carried[0]
                 carried = unpack(call(*args, **kwargs))
             return carried
-        w1, k1 = (args, p1) if n1 not in kwargs and p1 < len(args) else (kwargs, n1)
+        p1 = self._p1
+        w1, k1 = (args, p1) if p1 < len(args) else (kwargs, n1)
         for call, unpack in zip(calls, self.unpacks, strict=True):
             w0[k0], w1[k1] = carried
             carried = unpack(call(*args, **kwargs))
@@ -309,8 +310,8 @@ class _BlockHook(ModelHook):
         if head is None:
             return self.fn_ref.original_forward(*args, **kwargs)
         if stack.bare:  # the hidden states alone, in and out: stack.carried and the codec, inlined (every block)
-            n0, p0 = stack._n0, stack._p0
-            h = kwargs[n0] if n0 in kwargs else args[p0] if p0 < len(args) else None
+            p0 = stack._p0
+            h = args[p0] if p0 < len(args) else kwargs.get(stack._n0)
             return head.replace_stack((h,), args, kwargs)[0] if self.is_head else h
         carried = stack.carried(args, kwargs)
         if self.is_head:

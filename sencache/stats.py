@@ -66,7 +66,9 @@ class StatsRecorder:
     """Collects one call's per-step records on the device; ``materialize`` reads them back once, off the hot path.
 
     ``key`` names the pipeline call (the schedule its timesteps are views of, or None) and ``started`` orders the
-    recorders of several transformers (Wan 2.2's experts), so that one pipeline call's records can be merged."""
+    recorders of several transformers (Wan 2.2's experts), so that one pipeline call's records can be merged.
+    ``steps`` holds one ``(t, scores, threshold, forced, computed)`` per step (what ``record`` appends), ``stack_calls``
+    one entry per context's transformer call, and ``rows`` the eager decision's score table (``score_rows``)."""
 
     def __init__(self, num_steps: int, key: object = None) -> None:
         self.num_steps = num_steps
@@ -74,24 +76,22 @@ class StatsRecorder:
         self.started = next(_STARTED)
         # one entry per context's transformer call: whether it ran the block stack (a bool, or a flag snapshot)
         self.stack_calls: list[bool | torch.Tensor] = []
-        self._steps: list[tuple[torch.Tensor, torch.Tensor, float, bool, bool | torch.Tensor]] = []
-        self._rows: tuple[torch.Tensor, ...] | None = None
+        self.steps: list[tuple[torch.Tensor, torch.Tensor, float, bool, bool | torch.Tensor]] = []
+        self.rows: tuple[torch.Tensor, ...] | None = None
 
-    def score_row(self, index: int, like: torch.Tensor) -> torch.Tensor | None:
-        """Where a decision taken on the host's side of the step (eager) writes the per-sample scores of step
-        ``index``: a row of this call's score table, made like ``like`` (the state's ``[B]`` score buffer) on the
-        first step, so that recording them copies nothing. None for an index beyond the schedule."""
-        rows = self._rows
-        if rows is None:
-            rows = self._rows = torch.empty((self.num_steps, *like.shape), dtype=like.dtype,
-                                            device=like.device).unbind(0)
-        return rows[index] if 0 <= index < len(rows) else None
+    def score_rows(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Where a decision taken on the host's side of the step (eager) writes the per-sample scores: one row per step
+        of this call's score table, made like ``like`` (the state's ``[B]`` score buffer) on the first step, so that
+        recording them copies nothing."""
+        if self.rows is None:
+            self.rows = torch.empty((self.num_steps, *like.shape), dtype=like.dtype, device=like.device).unbind(0)
+        return self.rows
 
     def record(self, t: torch.Tensor, score: torch.Tensor, threshold: float, forced: bool,
                computed: bool | torch.Tensor) -> None:
         """Keep this step's per-sample timesteps and scores (tensors that nothing writes to afterwards: the caller
         hands copies) and its decision: a bool, or a snapshot of the device flag kept unchanged (no sync)."""
-        self._steps.append((t, score, threshold, forced, computed))
+        self.steps.append((t, score, threshold, forced, computed))
 
     @staticmethod
     def _computed(values: list[bool | torch.Tensor]) -> list[bool]:
@@ -102,16 +102,16 @@ class StatsRecorder:
     def materialize(self) -> CallStats:
         """The call's statistics as plain Python values (one device-to-host copy)."""
         stats = CallStats(num_steps=self.num_steps, block_stack_calls=sum(self._computed(self.stack_calls)))
-        if not self._steps:
+        if not self.steps:
             return stats
-        ts = torch.cat([s[0][:1] for s in self._steps]).double().cpu().tolist()
-        scores = torch.stack([s[1] for s in self._steps]).double().cpu()
+        ts = torch.cat([s[0][:1] for s in self.steps]).double().cpu().tolist()
+        scores = torch.stack([s[1] for s in self.steps]).double().cpu()
         scores = torch.where(torch.isfinite(scores), scores, float("nan")).tolist()
         stats.timesteps = ts
         stats.scores = scores
-        stats.thresholds = [s[2] for s in self._steps]
-        stats.forced = [s[3] for s in self._steps]
-        stats.computed = self._computed([s[4] for s in self._steps])
+        stats.thresholds = [s[2] for s in self.steps]
+        stats.forced = [s[3] for s in self.steps]
+        stats.computed = self._computed([s[4] for s in self.steps])
         return stats
 
 

@@ -23,7 +23,7 @@ class EagerExecutor(Executor):
         self._clock = clock = hook.lane.clock
         if step is not None:
             state, recorder = step.state, clock.recorder
-            row = recorder.score_row(step.index, state._buffers["score"])  # where the decision writes the scores
+            row = (recorder.rows or recorder.score_rows(state._buffers["score"]))[step.index]  # the step's scores
             flag = state.decide(step.x, step.t, step.jx, step.jt, step.eps, step.forced,
                                 hook.config.max_consecutive_skips, row)  # with the one host read of the step
             if flag & NONFINITE and not clock.warned_nonfinite:
@@ -31,7 +31,7 @@ class EagerExecutor(Executor):
                 warnings.warn("SenCache: the latent contains NaN or Inf; such steps are always computed, never "
                               "skipped. Check the inputs and the model's dtype.", RuntimeWarning, stacklevel=5)
             clock.compute = compute = bool(flag & COMPUTE)
-            recorder.record(step.t, state.score.clone() if row is None else row, step.threshold, step.forced, compute)
+            recorder.steps.append((step.t, row, step.threshold, step.forced, compute))  # recorder.record, inlined
         self._residual = ctx.residual
         stack = hook.stack
         stack.head = self  # stack.running(self), without a context manager's two calls
