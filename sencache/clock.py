@@ -20,8 +20,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -35,9 +34,8 @@ MAX_HISTORY = 64  # pipeline calls whose statistics are kept
 MAX_STATES = 8  # latent signatures whose decision states are kept; the oldest is dropped beyond
 
 
-@dataclass
-class Step:
-    """What the leading context's call decides with."""
+class Step(NamedTuple):
+    """What the leading context's call decides with (a named tuple: one is made per step, cheaper than a dataclass)."""
 
     index: int
     x: torch.Tensor  # the latent
@@ -56,8 +54,11 @@ def view_entry(t: Any) -> tuple[torch.Tensor | None, int | None]:
     root = getattr(t, "_base", None)
     if root is None or root.dim() != 1 or (t.numel() != 1 and any(t.stride())):
         return None, None
-    k, r = divmod(t.data_ptr() - root.data_ptr(), root.stride(0) * root.element_size())
-    return (root, k) if r == 0 and 0 <= k < root.shape[0] and root.stride(0) > 0 else (None, None)
+    stride = root.stride(0)
+    if stride <= 0:
+        return None, None
+    k, r = divmod(t.data_ptr() - root.data_ptr(), stride * root.element_size())
+    return (root, k) if r == 0 and 0 <= k < root.shape[0] else (None, None)
 
 
 class _Schedule:

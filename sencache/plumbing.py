@@ -65,9 +65,13 @@ class _ThreadContext(StateManager):
     def set_context(self, context: Any) -> None:  # what cache_context calls twice per transformer call: one frame
         local = self.local
         local.context = context
-        local.where = None if context is None else (getattr(context, "name", context),
-                                                    getattr(context, "step_index", None),
-                                                    getattr(context, "num_inference_steps", None))
+        if context is None:
+            local.where = None
+        elif type(context) is CacheContext:  # diffusers >= 0.42
+            local.where = (context.name, context.step_index, context.num_inference_steps)
+        else:  # the name (older diffusers), or an object like a CacheContext
+            local.where = (getattr(context, "name", context), getattr(context, "step_index", None),
+                           getattr(context, "num_inference_steps", None))
 
     def current(self) -> tuple[str, int | None, int | None] | None:
         """(name, step_index, num_inference_steps) of the context ``cache_context`` set in this thread, or None."""
