@@ -254,7 +254,7 @@ class BlockStack:
     @staticmethod
     def residual(out: Carried, carried: Carried) -> Carried:
         """``blocks_out - blocks_in``, per stream (None where the output is None)."""
-        if len(out) == 1 == len(carried):  # one stream: no comprehension's frame (every computed call)
+        if len(out) == 1:  # one stream: no comprehension's frame (every computed call; ``run`` keeps the streams)
             o = out[0]
             return (None if o is None else o - carried[0],)
         return tuple([None if o is None else o - c for o, c in zip(out, carried, strict=True)])
