@@ -232,7 +232,8 @@ def render(out_dir: str | Path, readme: str | Path | None = None) -> str:
     record = json.loads((out / "quality.json").read_text())
     table = markdown_table(record)
     planned = paired_table(record, "sencache_target", methods=("sencache_planned",))  # schedule against schedule
-    extra = [part for part in (paired_table(record), planned, target_table(record), estimator_table(record))
+    forecast = paired_table(record, "sencache_forecast", methods=("sencache_planned_forecast",))  # both forecasting
+    extra = [part for part in (paired_table(record), planned, forecast, target_table(record), estimator_table(record))
              if part is not None]
     (out / "quality.md").write_text("\n".join([table, *extra]))
     plot_all(record, out)

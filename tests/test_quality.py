@@ -120,10 +120,10 @@ def test_magcache_ratios_are_the_block_stack_residual_norm_ratios(pipe):
 
 def test_method_table(pipe):
     assert list(METHODS) == ["sencache", "sencache_central", "sencache_forecast", "sencache_target",
-                             "sencache_planned", "magcache", "teacache", "fbc", "dbcache", "dbcache_ts", "dbcache_mask",
-                             "taylorseer"]
-    assert [m.record_key for m in METHODS.values()] == ["profile", "profile_central", None, None, None, "mag_ratios",
-                                                         "tea_coefficients", None, None, None, None, None]
+                             "sencache_planned", "sencache_planned_forecast", "magcache", "teacache", "fbc", "dbcache",
+                             "dbcache_ts", "dbcache_mask", "taylorseer"]
+    assert [m.record_key for m in METHODS.values()] == ["profile", "profile_central", None, None, None, None,
+                                                         "mag_ratios", "tea_coefficients", None, None, None, None, None]
     assert QualitySettings().methods == ("sencache", "magcache", "teacache", "fbc")  # the comparison row: opt-in
     pairs = [Pair("red circle grow", 3), Pair("blue square rotate", 4)]
     chained, central = (METHODS[name].calibrate(pipe, pairs, 4, False) for name in ("sencache", "sencache_central"))
@@ -149,9 +149,12 @@ def test_target_methods_share_the_sencache_profile(pipe):
     cal = calibrate_methods(pipe, [Pair("red circle grow", 3)], 4, ["sencache_target", "sencache_planned"],
                             progress=False)
     assert list(cal) == ["sencache"]  # one profile, shared
-    for name in ("sencache_target", "sencache_planned"):
+    for name in ("sencache_target", "sencache_planned", "sencache_planned_forecast"):
         assert METHODS[name].targeted and METHODS[name].shares == "sencache"
         with applied(pipe, name, 0.5, cal, 4):
+            config = pipe.transformer._diffusers_hook.get_hook("sencache").config
+            assert (config.forecast, config.plan.cost) == (("linear", "forecast") if name.endswith("forecast") else
+                                                           ("reuse", "measured")), name
             g = generate(pipe, Pair("green circle grow", 5), steps=4)
         assert g.nfe == 2, (name, g.timeline)
     # the forecast row: SenCache's decision on the same profile, a first-order forecast on its skipped steps
