@@ -270,7 +270,7 @@ def test_forecast_plan_costs_what_the_forecast_misses(count):
     profile, f = _with_outputs(n, k, seed=count)
     traj = planner.Trajectories.from_profile(profile, max_skips=k, force_first=1, force_last=1, forecast="linear")
     assert traj.forecast and not planner.Trajectories.from_profile(profile, max_skips=3, forecast="linear").forecast
-    best, reuse_best = math.inf, None
+    best = math.inf
     for inner in itertools.combinations(range(1, n - 1), count - 2):
         mask = [m in inner or m in (0, n - 1) for m in range(n)]
         if max(len(run) for run in "".join("x" if c else "." for c in mask).split("x")) <= k:
