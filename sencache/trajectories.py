@@ -137,6 +137,7 @@ def simulate(traj: Trajectories, eps: torch.Tensor) -> tuple[torch.Tensor, torch
         ref = torch.where(skip, ref, m)
     return computed, error
 
+
 def choose_steps(traj: Trajectories, count: int) -> torch.Tensor | None:
     """The ``count`` steps to compute (a bool mask) that minimise the predicted error of the mean trajectory under the
     cap on consecutive skips and the forced steps, by dynamic programming over the last two computed steps (what a
@@ -146,9 +147,9 @@ def choose_steps(traj: Trajectories, count: int) -> torch.Tensor | None:
         mean = traj.scores(traj.reach.mean(0))[None]  # [s0, r, m]: skipping m after r (here whatever s0 before it)
     elif not traj.forecast:
         mean = traj.change.mean(0)[None]
-    else:
+    else:  # [s0, r, m], one s0 at a time (all at once would hold samples x n^3 values)
         steps = torch.arange(n)
-        mean = traj.skip_cost(steps[:, None, None], steps[None, :, None], steps[None, None, :]).mean(0)
+        mean = torch.stack([traj.skip_cost(s0, steps[:, None], steps[None, :]).mean(0) for s0 in steps])
     run = (traj.weight * mean).cumsum(-1).tolist()  # run[.][r][m]: skipping every step from r + 1 to m
     one = len(run) == 1
 
