@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sencache.config import EPS_START_RATIO
+from sencache.config import EPS_START_RATIO, FORECASTS
 from sencache.profile import SensitivityProfile
 from sencache.trajectories import EARLY_WEIGHT, Trajectories, choose_steps, missing_tables, simulate
 
@@ -132,6 +132,8 @@ def plan(profile: SensitivityProfile, target_nfe: float | None = None, *, speedu
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if forecast not in FORECASTS:  # (SenCacheConfig checks it first; the planner is public on its own)
+        raise ValueError(f"forecast must be one of {FORECASTS}, got {forecast!r}")
     n = len(profile)
     target = target_of(n, target_nfe, speedup)
     traj = Trajectories.from_profile(profile, max_consecutive_skips, force_first_steps, force_last_steps,

@@ -153,6 +153,8 @@ def test_profiles_without_trajectories_are_refused():
     unsized = dataclasses.replace(p, metadata={"transformer_class": "WanTransformer3DModel"})
     with pytest.raises(ValueError, match="latent_numel"):
         planner.plan(unsized, 6)
+    with pytest.raises(ValueError, match=r"forecast must be one of \('reuse', 'linear'\), got 'cubic'"):
+        planner.plan(p, 6, schedule="planned", forecast="cubic")  # not planned as reuse without a word
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
