@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from host_cost_insitu import in_situ, isolated_decide_us
 from host_cost_measure import BASELINE, GEOMETRY, GRAD_MODES, METHODS, PRIMARY, measure
 from host_cost_profile import components, profile_methods
 from host_cost_report import dumps, markdown_table, summarize
@@ -133,7 +134,8 @@ def run(out: Path, rounds: int, steps: int, warmup: int = 3, layers: int = 2, th
         steps: denoising steps per pipeline call (>= 2).
         layers: transformer blocks of the tiny Wan.
         threads: torch intra-op threads while measuring (restored afterwards).
-        profile_calls: pipeline calls to cProfile per method, and time SenCache's pieces (0: neither).
+        profile_calls: pipeline calls to cProfile per method, and to time the pieces in place per method (0: neither;
+            the pieces are also timed alone).
         command: the command line to store; label: free text to store.
         component_calls: calls per timing of each isolated piece.
         grad_mode: ``"no_grad"`` (what the pipelines' ``__call__`` sets itself) or ``"inference_mode"`` around the
@@ -179,7 +181,9 @@ def _run(out: Path, rounds: int, steps: int, warmup: int, layers: int, profile_c
         "order": measured["order"], "raw": measured["raw"], "summary": summarize(measured["raw"]),
     }
     if profile_calls:
-        record["components"] = components(steps, layers, component_calls)
+        record["components"] = components(steps, layers, component_calls, grad_mode)
+        record["in_situ"] = {**in_situ(steps, layers, max(profile_calls, 2), grad_mode),
+                             "decide_op_isolated_us": isolated_decide_us(component_calls)}
         record["profile"] = profile_methods(profile_calls, steps, layers)
     record["wall_s"] = time.time() - started
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -158,7 +158,7 @@ def _timeit(fn: Any, number: int, repeat: int = 5) -> float:
     return best
 
 
-def components(steps: int, layers: int = 2, number: int = 2000) -> dict[str, Any]:
+def components(steps: int, layers: int = 2, number: int = 2000, grad_mode: str = "no_grad") -> dict[str, Any]:
     """Isolated timings (µs per call, no profiler) of the pieces of an eager SenCache step, through public APIs:
     the profile lookup, the fused decision with its state update, the host read of the flag, the statistics record,
     and diffusers' ``cache_context`` enter+exit on a transformer with and without SenCache's hooks."""
@@ -192,10 +192,13 @@ def components(steps: int, layers: int = 2, number: int = 2000) -> dict[str, Any
 
         out["cache_context enter+exit, SenCache"] = _timeit(lambda: enter_exit(pipe.transformer), number)
         out["cache_context enter+exit, uncached"] = _timeit(lambda: enter_exit(plain.transformer), number)
-    per_step = {"SensitivityProfile.lookup": 1, "DecisionState.decide": 1, "DecisionState.read_flag": 1,
+    # the lookup runs once per pipeline call for the call's schedule table, except under inference mode (every step)
+    per_step = {"SensitivityProfile.lookup": 1 if grad_mode == "inference_mode" else 1 / steps,
+                "DecisionState.decide": 1, "DecisionState.read_flag": 1,
                 "StatsRecorder.record": 1, "cache_context enter+exit, SenCache": 2,
                 "cache_context enter+exit, uncached": 2}
     return {"us_per_call": out, "calls_per_step": per_step,
             "us_per_step": {k: v * per_step[k] for k, v in out.items()},
-            "note": "minimum over 5 repeats of the mean of `number` calls; lookup, decide, read_flag and record are "
-                    "called once per step (the deciding 'cond' call), cache_context twice (cond and uncond)."}
+            "note": "minimum over 5 repeats of the mean of `number` calls; decide, read_flag and record are called "
+                    "once per step (the deciding 'cond' call), the lookup once per pipeline call (outside inference "
+                    "mode), cache_context twice (cond and uncond)."}

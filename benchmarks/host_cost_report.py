@@ -82,7 +82,8 @@ def _fmt_spread(o: dict[str, float]) -> str:
 
 def markdown_table(record: dict[str, Any]) -> str:
     """The summary as markdown: per-step times and paired overheads against the uncached step, then the
-    SenCache / FirstBlockCache comparison, the isolated pieces and the profile when the record has them."""
+    SenCache / FirstBlockCache comparison, the isolated pieces, the pieces timed in place and the profile when the
+    record has them."""
     s = record["settings"]
     lines = [f"Host cost per denoising step, tiny Wan ({s['layers']} blocks, {s['tokens']} token, CFG: 2 transformer "
              f"calls per step, {s.get('grad_mode', 'inference_mode')}), {s['rounds']} interleaved rounds of "
@@ -120,7 +121,17 @@ def markdown_table(record: dict[str, Any]) -> str:
         lines += ["", "Isolated pieces of a SenCache step, timed alone without a profiler:", "",
                   "| piece | µs per call | calls per step | µs per step |", "|---|---|---|---|"]
         for k, v in comp["us_per_call"].items():
-            lines.append(f"| {k} | {v:.1f} | {comp['calls_per_step'][k]} | {comp['us_per_step'][k]:.1f} |")
+            lines.append(f"| {k} | {v:.1f} | {comp['calls_per_step'][k]:g} | {comp['us_per_step'][k]:.1f} |")
+    situ = record.get("in_situ")
+    if situ:
+        lines += ["", f"The pieces timed in place, inside {situ['calls']} pipeline calls per method (steps 2..N; the "
+                  f"decide op timed alone in a loop: {situ['decide_op_isolated_us']:.1f} µs per call):", "",
+                  "| method | piece | µs per call, median [quartiles] | calls per step | µs per step |",
+                  "|---|---|---|---|---|"]
+        for label, p in sorted(situ["pieces"].items(), key=lambda kv: (kv[1]["method"], kv[0])):
+            q1, q3 = p["quartiles_us"]
+            lines.append(f"| {p['method']} | {label} | {p['median_us']:.1f} [{q1:.1f}, {q3:.1f}] | "
+                         f"{p['calls_per_step']:.2f} | {p['us_per_step']:.1f} |")
     prof = record.get("profile")
     if prof:
         total = prof["profiled_us_per_step"]

@@ -99,6 +99,18 @@ def test_profile_and_table(measured):
     assert prof["top_added"] and all(a["added_own_us"] > 0 and a["calls_sencache"] > a["calls_uncached"]
                                      for a in prof["top_added"])
     assert all(math.isfinite(v) and v > 0 for v in record["components"]["us_per_step"].values())
+    assert record["components"]["calls_per_step"]["SensitivityProfile.lookup"] == 1 / STEPS  # once per call
+    # the pieces timed in place: each ran as often per step as the step path says (counted, not assumed)
+    pieces = record["in_situ"]["pieces"]
+    per_step = {label: p["calls_per_step"] for label, p in pieces.items()}
+    assert per_step == {
+        "StepClock.enter, leading call: the step's tick": 1, "StepClock.enter, following call": 1,
+        "DecisionState.decide (decide op, flag read, x_ref copy)": 1, "the decide op alone (sencache::decide)": 1,
+        "BlockStack.residual (out - in)": 2,  # cond and uncond each store their residual
+        "FirstBlockCache head-block check (residual change and its host read)": 2,
+        **{f"cache_context enter+exit, {m}": 2 for m in ("uncached", "SenCache", "FirstBlockCache")}}
+    assert all(math.isfinite(p["median_us"]) and p["median_us"] > 0 for p in pieces.values())
+    assert math.isfinite(record["in_situ"]["decide_op_isolated_us"]) and record["in_situ"]["decide_op_isolated_us"] > 0
     table = out.with_suffix(".md").read_text()
     assert table == host_cost_report.markdown_table(record)
     rows = [line.split(" | ")[0].removeprefix("| ") for line in table.splitlines()[6:10]]
