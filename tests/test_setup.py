@@ -70,6 +70,21 @@ def test_setup_object_names_keep_cpp_and_cu_apart(setup_kwargs):
     assert os.path.join("build", "csrc", "sencache", "commit.cu.o") in objects
 
 
+def test_setup_compiles_the_op_sources_as_one_unit(setup_kwargs, tmp_path):
+    """The ops' C++ files are compiled through one generated file that includes each of them once; the CUDA sources
+    and the Python module keep their own units, and an unchanged list leaves the file (and ninja's work) alone."""
+    (ext,) = setup_kwargs["ext_modules"]
+    cu = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("csrc/**/*.cu"))
+    unity, *rest = setup_kwargs["module"]["unity_sources"](ext.sources + cu, str(tmp_path))
+    assert rest == ["csrc/python_module.cpp", *cu]
+    ops = [s for s in ext.sources if s.startswith("csrc/sencache/")]
+    included = re.findall(r'^#include "(.+)"$', Path(unity).read_text(), re.M)
+    assert included == [str(ROOT / s) for s in ops] and len(ops) >= 6
+    os.utime(unity, ns=(0, 0))
+    setup_kwargs["module"]["unity_sources"](ext.sources, str(tmp_path))
+    assert os.stat(unity).st_mtime_ns == 0
+
+
 def _no_gpu() -> list[str]:
     return []
 
