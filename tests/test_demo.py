@@ -48,7 +48,7 @@ def test_psnr():
 
 @pytest.mark.slow
 def test_demo_on_the_reference_model(tmp_path, capsys):
-    res = run_demo("reference", steps=8, eps=0.5, out_dir=str(tmp_path), prompt="green square up-down")
+    res = run_demo("reference", steps=8, eps=0.5, out_dir=str(tmp_path), prompt="green square up-down", repeats=1)
     out = capsys.readouterr().out
     assert "sencache_profile.safetensors" in out and "SSIM vs uncached" in out  # the shipped profile, no calibration
     assert 1 <= res["nfe"] < 8 and 0 < res["ssim"] <= 1
