@@ -184,7 +184,7 @@ def _run(out: Path, rounds: int, steps: int, warmup: int, layers: int, profile_c
         record["components"] = components(steps, layers, component_calls, grad_mode)
         record["in_situ"] = {**in_situ(steps, layers, max(profile_calls, 2), grad_mode),
                              "decide_op_isolated_us": isolated_decide_us(component_calls)}
-        record["profile"] = profile_methods(profile_calls, steps, layers)
+        record["profile"] = profile_methods(profile_calls, steps, layers, grad_mode=grad_mode)
     record["wall_s"] = time.time() - started
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(dumps(record) + "\n")

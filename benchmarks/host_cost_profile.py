@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from host_cost_measure import BASELINE, GEOMETRY, build, flat_profile, run_call
+from host_cost_measure import BASELINE, GEOMETRY, GRAD_MODES, build, flat_profile, run_call
 
 from sencache.offline_pipelines import call_kwargs
 
@@ -83,9 +83,10 @@ def _matches(spec: str) -> Any:
     return lambda key: key == where
 
 
-def profile_methods(calls: int, steps: int, layers: int = 2, top: int = 25) -> dict[str, Any]:
-    """cProfile of ``calls`` pipeline calls of uncached and of SenCache, each call profiled on its own; per
-    function, the median over the calls of its time per denoising step (µs).
+def profile_methods(calls: int, steps: int, layers: int = 2, top: int = 25,
+                    grad_mode: str = "no_grad") -> dict[str, Any]:
+    """cProfile of ``calls`` pipeline calls of uncached and of SenCache, each call profiled on its own, under
+    ``grad_mode`` (as the timed rounds); per function, the median over the calls of its time per denoising step (µs).
 
     Returns the functions of ``PROFILE_ITEMS`` in the SenCache profile, the ``PROFILE_DERIVED`` differences, and the
     ``top`` functions SenCache calls more often than the uncached pipeline, by the own time of the extra calls.
@@ -94,7 +95,7 @@ def profile_methods(calls: int, steps: int, layers: int = 2, top: int = 25) -> d
     kwargs = call_kwargs("wan", built[BASELINE][0], num_inference_steps=steps, output_type="latent", **GEOMETRY)
     runs: dict[str, list[dict[tuple, dict[str, float]]]] = {m: [] for m in built}
     totals: dict[str, list[float]] = {m: [] for m in built}
-    with torch.inference_mode():
+    with GRAD_MODES[grad_mode]():  # (it was inference mode whatever the rounds ran under, before 2026-12-03)
         for method, (pipe, probe) in built.items():
             run_call(method, pipe, probe, kwargs, steps)  # warm-up (and the checks)
         for _ in range(calls):  # one call per profile, the methods alternating
