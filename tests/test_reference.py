@@ -121,15 +121,17 @@ def test_pipeline_rejects_bad_input():
 def test_training_script_smoke(tmp_path):
     from PIL import Image
 
+    from sencache import SensitivityProfile
     from sencache.reference.train import GRID_CONDITIONS, TRAIN, train
 
-    record = train(tmp_path, steps=3, batch=2, log_every=1, sample_steps=2, judge_samples=2)
+    record = train(tmp_path, steps=3, batch=2, log_every=1, sample_steps=2, judge_samples=2, profile_samples=2)
     assert record["train"]["steps"] == 3 and len((tmp_path / "loss.csv").read_text().splitlines()) == 4
     for name in ("config.json", "diffusion_pytorch_model.safetensors", "train.json", "loss.png", "samples.png",
                  "samples.gif", "sencache_profile.safetensors", "judged.json"):
         assert (tmp_path / name).is_file(), name
     judged = json.loads((tmp_path / "judged.json").read_text())
     assert judged["num_samples"] == 2 and judged["sampler_steps"] == 2
+    assert SensitivityProfile.load(str(tmp_path / "sencache_profile.safetensors")).jx_samples.shape[0] == 2
     pipe = load_reference_pipeline(tmp_path)
     assert pipe("red circle grow", num_inference_steps=2, output_type="latent").frames.shape[1:3] == (12, 5)
     # the record and the loss log describe this run

@@ -84,7 +84,7 @@ def _batches(cfg: dict, workers: int) -> Iterator[tuple[torch.Tensor, list[str]]
 
 def train(out: Path, steps: int | None = None, batch: int | None = None, lr: float | None = None, device: str = "cpu",
           log_every: int = 10, sample_steps: int = DEFAULTS["num_inference_steps"], data_workers: int = 0,
-          judge_samples: int = JUDGE_SAMPLES) -> dict:
+          judge_samples: int = JUDGE_SAMPLES, profile_samples: int = PROFILE_SAMPLES) -> dict:
     """Train, write the checkpoint and its record into ``out``; return the record.
 
     Args:
@@ -98,6 +98,7 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, lr: flo
         data_workers: processes rendering the clips ahead of the training loop (0: in the loop; the batches are
             the same either way).
         judge_samples: samples that the judge classifies into ``judged.json`` (0: none).
+        profile_samples: calibration runs of the SenCache profile (``sencache_profile.safetensors``).
     """
     cfg = dict(TRAIN, **{k: v for k, v in (("steps", steps), ("batch", batch), ("lr", lr)) if v is not None})
     torch.manual_seed(cfg["seed"])
@@ -161,7 +162,7 @@ def train(out: Path, steps: int | None = None, batch: int | None = None, lr: flo
     (out / "loss.csv").write_text("step,loss\n" + "".join(f"{s_},{v:.6f}\n" for s_, v in losses))
     _plot_loss(out / "loss.png", losses)
     write_samples(out, device=device, steps=sample_steps)
-    write_profile(out, device=device, steps=sample_steps)
+    write_profile(out, device=device, steps=sample_steps, samples=profile_samples)
     if judge_samples:
         write_judged(out, judge_samples, device=device, steps=sample_steps)
     return record
