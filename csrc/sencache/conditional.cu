@@ -13,7 +13,7 @@
 //
 // Conditional IF nodes need CUDA 12.4 or newer, in the toolkit this was built with and in the driver; their bodies
 // may hold only kernel, empty, memset, memcpy, child-graph and conditional nodes (checked before the node is added).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
