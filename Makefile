@@ -16,10 +16,11 @@ else
 endif
 
 # pip byte-compiles what it installs, on one core. Here it does not (--no-compile): compileall does, on the other core
-# while pip installs the dev requirements (torch and its dependencies are there by then), then on all cores for what is
-# left (compile_dir skips what is up to date). On the 2-core CI machine the dependencies' install took 134 s with pip
-# compiling, 83-86 s with compileall after pip, 76-80 s so. Files that do not compile are skipped, as pip skips them
-# (torch's py312_intrinsics.py). The argument: compileall's worker processes (0: one per core).
+# while pip installs the dev requirements (torch and its dependencies are there by then), then on both cores beside the
+# extension's build, which is one compiler process for most of its time (compile_dir skips what is up to date). On the
+# 2-core CI machine `make install` took 152 s with pip compiling, 98-102 s with compileall after pip, 77-82 s so.
+# Files that do not compile are skipped, as pip skips them (torch's py312_intrinsics.py). PYC's argument: compileall's
+# worker processes (0: one per core).
 PYC = $(PY) -c "import compileall, sys, sysconfig; compileall.compile_dir(sysconfig.get_paths()['purelib'], quiet=2, \
 	workers=int(sys.argv[1]))"
 
@@ -28,11 +29,10 @@ ifneq ($(HAS_CUDA_TORCH),1)
 	$(PY) -m pip install -q --no-compile -r requirements-torch.txt
 endif
 	$(PYC) 1 & $(PY) -m pip install -q --no-compile -r requirements-dev.txt && wait $$!
-	$(PYC) 0
 	touch $@
 
 $(VENV)/.ext: $(VENV)/.deps setup.py pyproject.toml sencache_kernels/ops.def $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PYC) 0 & $(PY) -m pip install -q --no-build-isolation --no-deps -e . && wait $$!
 	touch $@
 
 install: $(VENV)/.ext
