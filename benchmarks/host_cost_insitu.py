@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from host_cost_measure import BASELINE, GEOMETRY, GRAD_MODES, build, run_call
+from host_cost_profile import _timeit
 
 import sencache_kernels.state as kernel_state
 from sencache.hooks import _hook
@@ -128,10 +129,4 @@ def isolated_decide_us(number: int = 2000) -> float:
     args = (x, t, jx, jt, b["eps"], b["force"], b["x_ref"], b["t_ref"], b["jx_ref"], b["jt_ref"],
             b["skips"], b["flag"], b["score"], b["ticket"], 3)
     op = kernel_state._DECIDE
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter_ns()
-        for _ in range(number):
-            op(*args)
-        best = min(best, (time.perf_counter_ns() - start) / number / 1e3)
-    return best
+    return _timeit(lambda: op(*args), number)
