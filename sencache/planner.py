@@ -32,10 +32,17 @@ import torch
 
 from sencache.config import EPS_START_RATIO, FORECASTS
 from sencache.profile import SensitivityProfile
-from sencache.trajectories import EARLY_WEIGHT, Trajectories, choose_steps, missing_tables, simulate
+from sencache.trajectories import (
+    EARLY_WEIGHT,
+    FORECAST_EARLY_WEIGHT,
+    Trajectories,
+    choose_steps,
+    missing_tables,
+    simulate,
+)
 
-__all__ = ["EARLY_WEIGHT", "SCHEDULES", "Plan", "Trajectories", "choose_steps", "missing_tables", "plan", "simulate",
-           "target_of"]
+__all__ = ["EARLY_WEIGHT", "FORECAST_EARLY_WEIGHT", "SCHEDULES", "Plan", "Trajectories", "choose_steps",
+           "missing_tables", "plan", "simulate", "target_of"]
 
 SCHEDULES = ("fixed", "planned")
 _MARGIN = 2.0  # the planned table's margin is at most this factor each way (a sample drifting 2x the mean skips alike)

@@ -17,9 +17,10 @@ error moves the next latent by ``ds_m`` times it (``ds_m = gap_m / t_0``, the st
 timestep is 1, the last step running to t = 0), each later step ``k`` can grow that error at most ``1 + ds_k Jx(t_k)``
 times (``x_{k+1} = x_k + ds_k f``, to first order), and in the first ``start_fraction`` of the steps it weighs more, a
 prior: later steps amplify early errors more than the first-order bound says. That factor is ``EARLY_WEIGHT`` (4) with
-the measured change, chosen on 6 development pairs (neither held-out nor calibration;
-``benchmarks/results/planner_dev_cpu/``), and ``1 / EPS_START_RATIO`` (14, the fixed schedule's tighter start) with
-the bound, which overrates the middle steps' change about 4x against the early and late ones.
+the measured change, ``FORECAST_EARLY_WEIGHT`` (2) with the forecast's miss, each chosen on 6 development pairs
+(neither held-out nor calibration; ``benchmarks/results/planner_dev_cpu/``), and ``1 / EPS_START_RATIO`` (14, the
+fixed schedule's tighter start) with the bound, which overrates the middle steps' change about 4x against the early and
+late ones.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sencache.config import EPS_START_RATIO
 from sencache.profile import SensitivityProfile
 
 EARLY_WEIGHT = 4.0  # the early steps' error weight with the measured output change (see the module docstring)
+FORECAST_EARLY_WEIGHT = 2.0  # the same with the forecast's miss as a skip's cost
 
 
 @dataclass
@@ -99,9 +101,9 @@ class Trajectories:
             change = torch.zeros(drift.shape[0], n, n, dtype=torch.float64)
             for j in range(1, min(profile.change_samples.shape[2], n - 1) + 1):
                 change[:, steps[:-j], steps[j:]] = profile.change_samples[:, :-j, j - 1]
-        early = EARLY_WEIGHT if change is not None else 1 / EPS_START_RATIO
-        weight = ds * later * torch.where(steps < start_fraction * n, early, 1.0)
         linear = forecast == "linear" and change is not None and profile.change_samples.shape[2] >= 2 * max_skips + 1
+        early = (FORECAST_EARLY_WEIGHT if linear else EARLY_WEIGHT) if change is not None else 1 / EPS_START_RATIO
+        weight = ds * later * torch.where(steps < start_fraction * n, early, 1.0)
         return cls(profile.timesteps, profile.jx, profile.jt, weight, reach,
                    math.sqrt(profile.metadata["latent_numel"]), (steps < max(1, first)) | (steps >= n - last),
                    max_skips, change, linear)

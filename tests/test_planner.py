@@ -272,6 +272,12 @@ def test_forecast_plan_costs_what_the_forecast_misses(count):
     profile, f = _with_outputs(n, k, seed=count)
     traj = planner.Trajectories.from_profile(profile, max_skips=k, force_first=1, force_last=1, forecast="linear")
     assert traj.forecast and not planner.Trajectories.from_profile(profile, max_skips=3, forecast="linear").forecast
+    reuse = planner.Trajectories.from_profile(profile, max_skips=k, force_first=1, force_last=1)
+    early = torch.arange(n) < 0.2 * n  # the forecast's own early factor; the rest of the weight is reuse's
+    torch.testing.assert_close(traj.weight[early] / reuse.weight[early],
+                               torch.full((int(early.sum()),), planner.FORECAST_EARLY_WEIGHT / planner.EARLY_WEIGHT,
+                                          dtype=torch.float64))
+    torch.testing.assert_close(traj.weight[~early], reuse.weight[~early], rtol=0, atol=0)
     best = math.inf
     for inner in itertools.combinations(range(1, n - 1), count - 2):
         mask = [m in inner or m in (0, n - 1) for m in range(n)]
