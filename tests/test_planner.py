@@ -271,7 +271,10 @@ def test_forecast_plan_costs_what_the_forecast_misses(count):
     n, k = 9, 2
     profile, f = _with_outputs(n, k, seed=count)
     traj = planner.Trajectories.from_profile(profile, max_skips=k, force_first=1, force_last=1, forecast="linear")
-    assert traj.forecast and not planner.Trajectories.from_profile(profile, max_skips=3, forecast="linear").forecast
+    fallback = planner.Trajectories.from_profile(profile, max_skips=3, forecast="linear")  # window too short for K=3
+    assert traj.forecast and not fallback.forecast and fallback.change is not None
+    torch.testing.assert_close(fallback.weight, planner.Trajectories.from_profile(profile, max_skips=3).weight,
+                               rtol=0, atol=0)  # costed as reuse, so weighted as reuse
     reuse = planner.Trajectories.from_profile(profile, max_skips=k, force_first=1, force_last=1)
     early = torch.arange(n) < 0.2 * n  # the forecast's own early factor; the rest of the weight is reuse's
     torch.testing.assert_close(traj.weight[early] / reuse.weight[early],
