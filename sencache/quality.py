@@ -217,9 +217,10 @@ def _digest(refs: list[Generation]) -> str:
 
 
 def merge_records(parts: list[dict], replace: bool = False) -> dict:
-    """One record from runs of different methods against the same uncached videos (equal digests, pairs, steps):
-    their results side by side, as if one run had run them all (ValueError when they are not comparable). A method in
-    more than one run is an error, unless ``replace``: then the last run that has it gives its rows (a rerun)."""
+    """One record from runs against the same uncached videos (equal digests, pairs, steps): their results side by
+    side, as if one run had run them all (ValueError when they are not comparable). A method may come from several
+    runs at other budgets (more points of its curve); a method at a budget in more than one run is an error, unless
+    ``replace``: then the last run that has it gives its rows at those budgets and its threshold search (a rerun)."""
     first = parts[0]
     for p in parts[1:]:
         for what, a, b in (("uncached digest", first["uncached"].get("digest"), p["uncached"].get("digest")),
@@ -233,15 +234,19 @@ def merge_records(parts: list[dict], replace: bool = False) -> dict:
     merged["settings"]["methods"] = []
     merged["settings"]["budgets"] = sorted({b for p in parts for b in p["settings"]["budgets"]}, reverse=True)
     for p in parts:
-        if dup := {r["method"] for r in p["results"]} & {r["method"] for r in merged["results"]}:
+        rows = {(r["method"], r["budget"]) for r in p["results"]}
+        dup = {m for m, b in rows & {(r["method"], r["budget"]) for r in merged["results"]}}
+        if dup:
             if not replace:
-                raise ValueError(f"methods {sorted(dup)} are in more than one of the runs to merge (--replace: the "
-                                 "last run's rows of a method replace the earlier ones)")
-            merged["results"] = [r for r in merged["results"] if r["method"] not in dup]
+                raise ValueError(f"methods {sorted(dup)} are in more than one of the runs to merge at the same "
+                                 "budgets (--replace: the last run's rows of a method replace the earlier ones)")
+            merged["results"] = [r for r in merged["results"] if (r["method"], r["budget"]) not in rows]
             merged["settings"]["methods"] = [m for m in merged["settings"]["methods"] if m not in dup]
         merged["results"] += p["results"]
-        merged["settings"]["methods"] += p["settings"]["methods"]
-        merged["threshold_search"].update(p["threshold_search"])
+        merged["settings"]["methods"] += [m for m in p["settings"]["methods"] if m not in merged["settings"]["methods"]]
+        for m, points in p["threshold_search"].items():  # a method at other budgets: both runs' search points
+            earlier = [] if m in dup else merged["threshold_search"].get(m, [])
+            merged["threshold_search"][m] = sorted(earlier + points, key=lambda x: x[0])
         merged.update({k: v for k, v in p.items() if k not in merged or merged[k] is None})
     return merged
 

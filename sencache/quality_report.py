@@ -11,8 +11,8 @@ from pathlib import Path
 from sencache.quality_methods import METHODS
 from sencache.records import fill_readme, table_markers
 
-__all__ = ["README_MARKERS", "estimator_table", "markdown_table", "paired_table", "plot_all", "render",
-           "target_table"]
+__all__ = ["README_MARKERS", "estimator_table", "markdown_table", "matched_table", "paired_table", "plot_all",
+           "render", "target_table"]
 
 README_MARKERS = table_markers("quality")
 
@@ -65,6 +65,48 @@ def paired_table(record: dict, reference: str = "sencache", methods: tuple[str, 
         lines.append(f"| {budget:.0%} | {METHODS[method].label} | {r['nfe']['mean']:.1f} / {ref['nfe']['mean']:.1f} | "
                      + " | ".join(cells) + f" | {better} of {len(ref['per_pair']['psnr'])} |")
     return "\n".join(lines) + "\n" if len(lines) > 4 else None
+
+
+def matched_table(record: dict, reference: str, method: str) -> str | None:
+    """``method``'s quality minus ``reference``'s at exactly the same NFE on every held-out video: per budget of
+    ``reference`` and per pair, the ``method`` row (of any budget) that computed as many steps on that pair as
+    ``reference`` did, the nearest budget first. A method that realizes its target on every video (the planned
+    schedule) is run at the neighbouring targets for this. Pairs without such a row are left out and counted (None
+    without rows of both methods)."""
+    mine = [r for r in record["results"] if r["method"] == method]
+    refs = sorted((r for r in record["results"] if r["method"] == reference), key=lambda r: -r["budget"])
+    if not mine or not refs:
+        return None
+    steps = record["settings"]["steps"]
+    lines = [f"{METHODS[method].label} against {METHODS[reference].label} at the same NFE on every held-out video "
+             f"(each video's difference taken from the {METHODS[method].label} row that computed as many steps on it; "
+             "mean ± standard error; better: videos on which it did better).", "",
+             f"| budget | NFE (both) | {METHODS[method].label} rows used (target: videos) | Δ PSNR (dB) | Δ SSIM | "
+             "Δ rel. L2 | better (PSNR) |", "|---|---|---|---|---|---|---|"]
+    for ref in refs:
+        diffs: dict[str, list[float]] = {"psnr": [], "ssim": [], "rel_l2": []}
+        used: dict[float, int] = {}
+        nfe = []
+        for i, timeline in enumerate(ref["timelines"]):
+            same = [r for r in mine if round(sum(r["timelines"][i]), 6) == round(sum(timeline), 6)]
+            if not same:
+                continue
+            r = min(same, key=lambda r: abs(r["budget"] - ref["budget"]))
+            used[r["budget"] * steps] = used.get(r["budget"] * steps, 0) + 1
+            nfe.append(sum(timeline))
+            for key, values in diffs.items():
+                values.append(r["per_pair"][key][i] - ref["per_pair"][key][i])
+        count = len(ref["timelines"])
+        if len(nfe) < 2:
+            lines.append(f"| {ref['budget']:.0%} | - | none ({len(nfe)} of {count} videos matched) | - | - | - | - |")
+            continue
+        cells = [f"{m:+.2f} ± {se:.2f}" if key == "psnr" else f"{m:+.4f} ± {se:.4f}"
+                 for key, (m, se) in ((k, _mean_se(v)) for k, v in diffs.items())]
+        rows_used = ", ".join(f"{t:g}: {n}" for t, n in sorted(used.items()))
+        missing = f" ({count - len(nfe)} of {count} videos unmatched)" if len(nfe) < count else ""
+        lines.append(f"| {ref['budget']:.0%} | {statistics.fmean(nfe):.2f} | {rows_used}{missing} | "
+                     + " | ".join(cells) + f" | {sum(d > 0 for d in diffs['psnr'])} of {len(nfe)} |")
+    return "\n".join(lines) + "\n"
 
 
 def estimator_table(record: dict) -> str | None:
@@ -233,8 +275,10 @@ def render(out_dir: str | Path, readme: str | Path | None = None) -> str:
     table = markdown_table(record)
     planned = paired_table(record, "sencache_target", methods=("sencache_planned",))  # schedule against schedule
     forecast = paired_table(record, "sencache_forecast", methods=("sencache_planned_forecast",))  # both forecasting
-    extra = [part for part in (paired_table(record), planned, forecast, target_table(record), estimator_table(record))
-             if part is not None]
+    pairs = (("sencache", "sencache_planned"), ("sencache_forecast", "sencache_planned_forecast"))
+    matched = [matched_table(record, ref, method) for ref, method in pairs]  # exactly the same NFE on every video
+    extra = [part for part in (paired_table(record), planned, forecast, *matched, target_table(record),
+                               estimator_table(record)) if part is not None]
     (out / "quality.md").write_text("\n".join([table, *extra]))
     plot_all(record, out)
     if estimator_table(record) is not None:

@@ -12,7 +12,7 @@ import torch
 from sencache.metrics import psnr, rel_l2, ssim
 from sencache.quality import Pair, QualitySettings, generate, main, make_pairs
 from sencache.quality_methods import METHODS, applied, magcache_ratios
-from sencache.quality_report import estimator_table, paired_table, target_table
+from sencache.quality_report import estimator_table, matched_table, paired_table, target_table
 from sencache.reference.model import load_reference_pipeline
 
 
@@ -270,6 +270,28 @@ def test_target_table_and_paired_table_of_chosen_methods():
                                                    "+1.00 ± 0.00 |")  # differences +1, +1
 
 
+def test_matched_table_pairs_each_video_with_the_row_of_its_nfe():
+    def row(method, budget, timelines, psnr):
+        return {"method": method, "budget": budget, "timelines": timelines,
+                "per_pair": {"psnr": psnr, "ssim": [0.9, 0.9, 0.9], "rel_l2": [0.1, 0.1, 0.1]}}
+    fixed = row("sencache", 0.5, [[1, 0, 1, 0], [1, 1, 1, 0], [1, 0, 1, 0]], [30.0, 30.0, 30.0])  # NFE 2, 3, 2
+    planned = [row("sencache_planned", 0.5, [[1, 0, 1, 0]] * 3, [31.0, 25.0, 32.0]),  # NFE 2 on every video
+               row("sencache_planned", 0.75, [[1, 1, 1, 0]] * 3, [40.0, 34.0, 40.0])]  # NFE 3 on every video
+    record = {"settings": {"steps": 4}, "results": [fixed, *planned]}
+    lines = matched_table(record, "sencache", "sencache_planned").splitlines()
+    # videos 0 and 2 from the 0.5 row (+1, +2), video 1 from the 0.75 row (+4): mean 7/3, se stdev/sqrt(3)
+    assert lines[-1] == ("| 50% | 2.33 | 2: 2, 3: 1 | +2.33 ± 0.88 | +0.0000 ± 0.0000 | +0.0000 ± 0.0000 | "
+                         "3 of 3 |")
+    record["results"] = [fixed, planned[0]]  # video 1 (NFE 3) has no planned row of its NFE: left out, counted
+    lines = matched_table(record, "sencache", "sencache_planned").splitlines()
+    assert lines[-1] == ("| 50% | 2.00 | 2: 2 (1 of 3 videos unmatched) | +1.50 ± 0.50 | +0.0000 ± 0.0000 | "
+                         "+0.0000 ± 0.0000 | 2 of 2 |")
+    record["results"] = [fixed, planned[1]]
+    assert matched_table(record, "sencache", "sencache_planned").splitlines()[-1].startswith(
+        "| 50% | - | none (1 of 3 videos matched) |")
+    assert matched_table({"settings": {"steps": 4}, "results": [fixed]}, "sencache", "sencache_planned") is None
+
+
 def test_merge_records_of_runs_against_the_same_references(tmp_path):
     from sencache.quality import merge_records
 
@@ -296,6 +318,13 @@ def test_merge_records_of_runs_against_the_same_references(tmp_path):
     assert merged["settings"]["methods"] == ["fbc", "sencache"]
     assert merged["results"] == [{"method": "fbc", "budget": 0.5}, {"method": "sencache", "budget": 0.5,
                                                                    "threshold": 0.2}]
+    other = record(["sencache"])  # the same method at another budget: more points of its curve, no rerun
+    other["results"][0]["budget"], other["threshold_search"]["sencache"] = 0.4, [[0.05, 0.4]]
+    merged = merge_records([record(["sencache", "fbc"]), other])
+    assert merged["settings"]["methods"] == ["sencache", "fbc"]
+    assert [(r["method"], r["budget"]) for r in merged["results"]] == [("sencache", 0.5), ("fbc", 0.5),
+                                                                       ("sencache", 0.4)]
+    assert merged["threshold_search"]["sencache"] == [[0.05, 0.4], [0.1, 0.5]]
     old = record(["fbc"])
     del old["uncached"]["digest"]  # a record from before the digest: not mergeable
     with pytest.raises(ValueError, match="different uncached digest"):
