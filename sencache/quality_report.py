@@ -92,7 +92,7 @@ def matched_table(record: dict, reference: str, method: str) -> str | None:
             if not same:
                 continue
             r = min(same, key=lambda r: abs(r["budget"] - ref["budget"]))
-            used[r["budget"] * steps] = used.get(r["budget"] * steps, 0) + 1
+            used[_target(r, steps)] = used.get(_target(r, steps), 0) + 1
             nfe.append(sum(timeline))
             for key, values in diffs.items():
                 values.append(r["per_pair"][key][i] - ref["per_pair"][key][i])
@@ -127,6 +127,11 @@ def estimator_table(record: dict) -> str | None:
     return "\n".join(lines) + "\n"
 
 
+def _target(row: dict, steps: int) -> float:
+    """A row's NFE target, ``budget x steps`` (rounded: 0.28 x 50 is 14, not 14.000000000000002)."""
+    return round(row["budget"] * steps, 6)
+
+
 def _targeted(record: dict) -> list[dict]:
     """The results of the targeted rows (threshold = budget), with each video's realized NFE (its timeline's sum)."""
     return [r for r in record["results"] if METHODS[r["method"]].targeted]
@@ -146,7 +151,7 @@ def target_table(record: dict) -> str | None:
              "| method | target NFE | realized NFE (mean ± std) | mean error | per-video min .. max |",
              "|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (order.index(r["method"]), -r["budget"])):
-        target = r["budget"] * steps
+        target = _target(r, steps)
         nfe = [sum(t) for t in r["timelines"]]
         lines.append(f"| {METHODS[r['method']].label} | {target:g} | {statistics.fmean(nfe):.2f} ± "
                      f"{statistics.stdev(nfe) if len(nfe) > 1 else 0.0:.2f} | {statistics.fmean(nfe) - target:+.2f} | "
@@ -163,14 +168,14 @@ def plot_targets(record: dict, out: Path) -> None:
     rows = _targeted(record)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    targets = sorted({r["budget"] * steps for r in rows})
+    targets = sorted({_target(r, steps) for r in rows})
     ax.plot([targets[0] - 2, targets[-1] + 2], [targets[0] - 2, targets[-1] + 2], color="grey", lw=1,
             label="realized = target")
     for k, method in enumerate(methods):
         shift = (k - (len(methods) - 1) / 2) * 0.6  # side by side at each target
         for r in (r for r in rows if r["method"] == method):
             nfe = [sum(t) for t in r["timelines"]]
-            target = r["budget"] * steps
+            target = _target(r, steps)
             ax.scatter([target + shift] * len(nfe), nfe, s=12, alpha=0.5, color=f"C{k}",
                        label=METHODS[method].label if r["budget"] == max(x["budget"] for x in rows
                                                                           if x["method"] == method) else None)
