@@ -20,11 +20,11 @@ written once, in ``ops.def``; ``ops.py`` registers the ops. Each op except the g
 (``*_ref``), which is also the CPU path and the test oracle. Importing this package never initialises CUDA.
 """
 
-from sencache_kernels.installation import BuildInfo, build_info, warn_if_mismatched
 from sencache_kernels.commit import commit, commit_ref
 from sencache_kernels.conditional import has_conditional_nodes
 from sencache_kernels.decide import COMPUTE, NONFINITE, decide, decide_ref, decide_triton
 from sencache_kernels.delta_norm import delta_norm, delta_norm_ref
+from sencache_kernels.installation import BuildInfo, build_info, warn_if_mismatched
 from sencache_kernels.ops import HAS_EXTENSION, SCHEMAS
 from sencache_kernels.state import DecisionState
 
