@@ -42,6 +42,14 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), se
 
 
+def _difference_cells(diffs: dict[str, list[float]]) -> str:
+    """The table cells of per-pair differences ``{"psnr": [...], "ssim": [...], "rel_l2": [...]}``: each mean ±
+    standard error, then on how many pairs PSNR was higher."""
+    cells = [f"{m:+.2f} ± {se:.2f}" if key == "psnr" else f"{m:+.4f} ± {se:.4f}"
+             for key, (m, se) in ((k, _mean_se(diffs[k])) for k in ("psnr", "ssim", "rel_l2"))]
+    return " | ".join(cells) + f" | {sum(d > 0 for d in diffs['psnr'])} of {len(diffs['psnr'])}"
+
+
 def paired_table(record: dict, reference: str = "sencache", methods: tuple[str, ...] | None = None) -> str | None:
     """Each other method's (of ``methods``, default all) quality minus ``reference``'s on the same held-out pairs,
     per budget: the mean paired difference ± its standard error, and on how many pairs the method did better (None
@@ -57,13 +65,10 @@ def paired_table(record: dict, reference: str = "sencache", methods: tuple[str, 
         ref = rows.get((reference, budget))
         if method == reference or ref is None:
             continue
-        cells = []
-        for key in ("psnr", "ssim", "rel_l2"):
-            mean, se = _mean_se([a - b for a, b in zip(r["per_pair"][key], ref["per_pair"][key], strict=True)])
-            cells.append(f"{mean:+.4f} ± {se:.4f}" if key != "psnr" else f"{mean:+.2f} ± {se:.2f}")
-        better = sum(a > b for a, b in zip(r["per_pair"]["psnr"], ref["per_pair"]["psnr"], strict=True))
+        diffs = {key: [a - b for a, b in zip(r["per_pair"][key], ref["per_pair"][key], strict=True)]
+                 for key in ("psnr", "ssim", "rel_l2")}
         lines.append(f"| {budget:.0%} | {METHODS[method].label} | {r['nfe']['mean']:.1f} / {ref['nfe']['mean']:.1f} | "
-                     + " | ".join(cells) + f" | {better} of {len(ref['per_pair']['psnr'])} |")
+                     f"{_difference_cells(diffs)} |")
     return "\n".join(lines) + "\n" if len(lines) > 4 else None
 
 
@@ -100,12 +105,10 @@ def matched_table(record: dict, reference: str, method: str) -> str | None:
         if len(nfe) < 2:
             lines.append(f"| {ref['budget']:.0%} | - | none ({len(nfe)} of {count} videos matched) | - | - | - | - |")
             continue
-        cells = [f"{m:+.2f} ± {se:.2f}" if key == "psnr" else f"{m:+.4f} ± {se:.4f}"
-                 for key, (m, se) in ((k, _mean_se(v)) for k, v in diffs.items())]
         rows_used = ", ".join(f"{t:g}: {n}" for t, n in sorted(used.items()))
         missing = f" ({count - len(nfe)} of {count} videos unmatched)" if len(nfe) < count else ""
         lines.append(f"| {ref['budget']:.0%} | {statistics.fmean(nfe):.2f} | {rows_used}{missing} | "
-                     + " | ".join(cells) + f" | {sum(d > 0 for d in diffs['psnr'])} of {len(nfe)} |")
+                     f"{_difference_cells(diffs)} |")
     return "\n".join(lines) + "\n"
 
 
