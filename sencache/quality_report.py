@@ -42,6 +42,11 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), se
 
 
+def _with_pairs(record: dict) -> list[dict]:
+    """The rows with per-pair values (records made before them, like the H100 run of 2026-11-22, have none)."""
+    return [r for r in record["results"] if "per_pair" in r]
+
+
 def _difference_cells(diffs: dict[str, list[float]]) -> str:
     """The table cells of per-pair differences ``{"psnr": [...], "ssim": [...], "rel_l2": [...]}``: each mean ±
     standard error, then on how many pairs PSNR was higher."""
@@ -53,9 +58,9 @@ def _difference_cells(diffs: dict[str, list[float]]) -> str:
 def paired_table(record: dict, reference: str = "sencache", methods: tuple[str, ...] | None = None) -> str | None:
     """Each other method's (of ``methods``, default all) quality minus ``reference``'s on the same held-out pairs,
     per budget: the mean paired difference ± its standard error, and on how many pairs the method did better (None
-    without two such methods)."""
-    rows = {(r["method"], r["budget"]): r for r in record["results"] if methods is None or r["method"] in methods
-            or r["method"] == reference}
+    without two such methods; rows of records made before per-pair values are left out)."""
+    rows = {(r["method"], r["budget"]): r for r in _with_pairs(record)
+            if methods is None or r["method"] in methods or r["method"] == reference}
     order = list(METHODS)
     lines = [f"Paired differences against {METHODS[reference].label} on the same held-out pairs (method minus "
              f"{METHODS[reference].label}; mean ± standard error; better: pairs on which the method did better).", "",
@@ -77,9 +82,9 @@ def matched_table(record: dict, reference: str, method: str) -> str | None:
     ``reference`` and per pair, the ``method`` row (of any budget) that computed as many steps on that pair as
     ``reference`` did, the nearest budget first. A method that realizes its target on every video (the planned
     schedule) is run at the neighbouring targets for this. Pairs without such a row are left out and counted (None
-    without rows of both methods)."""
-    mine = [r for r in record["results"] if r["method"] == method]
-    refs = sorted((r for r in record["results"] if r["method"] == reference), key=lambda r: -r["budget"])
+    without rows of both methods with per-pair values)."""
+    mine = [r for r in _with_pairs(record) if r["method"] == method]
+    refs = sorted((r for r in _with_pairs(record) if r["method"] == reference), key=lambda r: -r["budget"])
     if not mine or not refs:
         return None
     steps = record["settings"]["steps"]

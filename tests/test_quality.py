@@ -247,6 +247,8 @@ def test_paired_and_estimator_tables():
     assert paired[-1] == ("| 50% | MagCache (diffusers) | 25.0 / 25.0 | +0.67 ± 0.88 | +0.0000 ± 0.0000 | "
                           "+0.0000 ± 0.0000 | 2 of 3 |")
     assert paired_table({"results": [row("sencache", [30.0, 31.0, 32.0], 25.0)]}) is None
+    old = {k: v for k, v in row("magcache", [31.0, 31.0, 36.0], 25.0).items() if k != "per_pair"}
+    assert paired_table({"results": [row("sencache", [30.0, 32.0, 34.0], 25.0), old]}) is None  # no per-pair values
     est = estimator_table(record).splitlines()
     assert est[-2] == "| Jx | 0.000 | 0.000 | 0.000 | 0 of 3 |"
     assert est[-1] == "| Jt | 0.500 | 2.000 | 2.000 | 1 of 3 |"  # |Δ|/std = 0.5, 2.0, 0
@@ -290,6 +292,8 @@ def test_matched_table_pairs_each_video_with_the_row_of_its_nfe():
     assert matched_table(record, "sencache", "sencache_planned").splitlines()[-1].startswith(
         "| 50% | - | none (1 of 3 videos matched) |")
     assert matched_table({"settings": {"steps": 4}, "results": [fixed]}, "sencache", "sencache_planned") is None
+    before = {k: v for k, v in planned[0].items() if k != "per_pair"}  # a record made before per-pair values
+    assert matched_table({"settings": {"steps": 4}, "results": [fixed, before]}, "sencache", "sencache_planned") is None
 
 
 def test_merge_records_of_runs_against_the_same_references(tmp_path):
